@@ -1,0 +1,121 @@
+"""What `lbproxy check` and `serve` say about a valid config: risks, blocking problems, and notices.
+
+Pure functions of a Config (no I/O): a config can be valid yet risky (warnings), valid yet unservable by its
+backend (problems: `serve` refuses to start), or set things that have no effect here (notices). Each line
+starts with the key it is about, like the config's own errors.
+"""
+
+from __future__ import annotations
+
+from lbproxy.config import Config
+from lbproxy.durations import format_duration
+
+__all__ = ["backend_problems", "notices", "risk_warnings"]
+
+# Keys the local backend cannot honour, with the reason. DESIGN 2a: an error only when the file sets them, so
+# a config written for Kubernetes fails loudly instead of running without its placement.
+_KUBERNETES_ONLY = {
+    "gpu.categories": "only the kubernetes backend places workers on GPU types",
+    "gpu.types": "only the kubernetes backend places workers on GPU types",
+    "gpu.cuda_versions": "only the kubernetes backend picks nodes by CUDA version",
+    "gpu.catalog": "the GPU catalog only drives placement on the kubernetes backend",
+    "placement.data_centers": "only the kubernetes backend places workers in zones",
+    "placement.network_volume": "only the kubernetes backend mounts a network volume into workers",
+    "placement.model": "only the kubernetes backend prefers nodes that cache a model",
+    "expose_ports": "only the kubernetes backend exposes worker ports directly",
+    "worker.image": "the local backend runs worker.command, not a container image",
+    "backend.namespace": "only the kubernetes backend runs in a namespace",
+    "backend.kubeconfig": "only the kubernetes backend talks to a cluster",
+}
+
+
+def _headroom(active: int) -> int:
+    """workers.max for 20% headroom over `active` (at least one more worker); integer math, any size."""
+    return max(active + 1, -(-active * 6 // 5))
+
+
+def risk_warnings(config: Config) -> list[str]:
+    """Valid but risky choices, after the product page's best practices; `check` prints them."""
+    warnings: list[str] = []
+    workers, timeouts = config.workers, config.timeouts
+    if workers.max == 1:
+        warnings.append(
+            "workers.max: 1 worker is a bottleneck and leaves no room to replace a failing one; set 2 or more"
+        )
+    elif workers.max == workers.active:
+        warnings.append(
+            f"workers.max: equals workers.active ({workers.active}), so a load spike has nowhere to go; "
+            f"plan for 20% headroom (workers.max: {_headroom(workers.active)})"
+        )
+    if timeouts.execution is None:
+        warnings.append(
+            "timeouts.execution: off, so a stuck request holds its worker forever; set a limit (default 600s)"
+        )
+    if not config.auth.api_keys and not config.listen.is_loopback():
+        warnings.append(
+            f"auth.api_keys: none, and listen ({config.listen}) is not loopback: anyone who can reach it "
+            f"can use the workers; set auth.api_keys or LBPROXY_API_KEYS"
+        )
+    if not config.admin.is_loopback():
+        warnings.append(
+            f"admin: {config.admin} is not loopback and /status and /metrics answer without a key; "
+            f"bind it to 127.0.0.1 unless a network policy guards it"
+        )
+    if timeouts.idle < 1:
+        warnings.append(
+            f"timeouts.idle: {format_duration(timeouts.idle)} stops workers as soon as they are idle, so "
+            f"every burst pays a cold start (start/stop churn); match it to the worker's cold start"
+        )
+    if config.scaling.strategy == "queue_delay" and config.scaling.queue_delay > 10:
+        warnings.append(
+            f"scaling.queue_delay: {format_duration(config.scaling.queue_delay)} lets requests wait that "
+            f"long before a worker is added (slow scale-up); 2s to 4s is typical"
+        )
+    if timeouts.init < 10:
+        warnings.append(
+            f"timeouts.init: {format_duration(timeouts.init)} is very short: a worker still loading its "
+            f"model is replaced before it is ready; allow its whole cold start (default 7m)"
+        )
+    return warnings
+
+
+def backend_problems(config: Config) -> list[str]:
+    """Why `serve` must refuse this config with its backend: a setting it cannot honour is an error."""
+    problems: list[str] = []
+    if config.type == "queue":
+        problems.append("type: queue endpoints are not implemented yet; use load_balancer")
+    if config.backend.type == "local":
+        for key, why in _KUBERNETES_ONLY.items():
+            if config.set_in_file(key):
+                problems.append(f"{key}: {why}; remove it or set backend.type: kubernetes")
+        if config.worker.command is None:
+            problems.append(
+                "worker.command: required with the local backend (the argv that starts one worker)"
+            )
+    else:
+        if config.worker.image is None:
+            problems.append(
+                "worker.image: required with the kubernetes backend (the container image of one worker)"
+            )
+        problems.append("backend.type: the kubernetes backend is not implemented yet")
+    return problems
+
+
+def notices(config: Config) -> list[str]:
+    """Settings the file sets that are accepted but have no effect here; `check` prints them as notes."""
+    found: list[str] = []
+    if config.backend.type == "local" and config.set_in_file("flashboot"):
+        found.append("flashboot: has no effect with the local backend (each worker is a fresh local process)")
+    if config.type == "load_balancer" and config.set_in_file("timeouts.ttl"):
+        found.append("timeouts.ttl: only applies to queue endpoints; no effect with type: load_balancer")
+    strategy = config.scaling.strategy
+    if strategy == "request_count" and config.set_in_file("scaling.queue_delay"):
+        found.append("scaling.queue_delay: no effect with scaling.strategy: request_count")
+    if strategy == "queue_delay" and config.set_in_file("scaling.requests_per_worker"):
+        found.append("scaling.requests_per_worker: only used by scaling.strategy: request_count")
+    if not config.auth.api_keys and config.set_in_file("auth.forward_authorization"):
+        found.append(
+            "auth.forward_authorization: no effect without api keys "
+            "(the Authorization header then always reaches the worker)"
+        )
+    return found

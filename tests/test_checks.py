@@ -1,0 +1,222 @@
+"""What `check` and `serve` say about a valid config: risky choices, unservable settings, no-op settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lbproxy.checks import backend_problems, notices, risk_warnings
+from lbproxy.config import Config, parse_config
+
+COMMAND = ["python3", "worker.py"]
+
+
+def config(environ: dict[str, str] | None = None, **data: Any) -> Config:
+    """A servable local config on loopback unless the test says otherwise."""
+    data.setdefault("name", "demo")
+    data.setdefault("listen", "127.0.0.1:8080")
+    data.setdefault("worker", {"command": COMMAND})
+    return parse_config(data, environ={} if environ is None else environ)
+
+
+def warnings_about(key: str, **data: Any) -> list[str]:
+    return [w for w in risk_warnings(config(**data)) if w.startswith(f"{key}: ")]
+
+
+# ------------------------------------------------------------------------------------------ warnings
+
+
+def test_defaults_on_loopback_have_no_warnings() -> None:
+    assert risk_warnings(config()) == []
+
+
+def test_single_max_worker_is_a_bottleneck() -> None:
+    assert warnings_about("workers.max", workers={"max": 1}) == [
+        "workers.max: 1 worker is a bottleneck and leaves no room to replace a failing one; set 2 or more"
+    ]
+
+
+def test_max_equal_to_active_warns_to_plan_20_percent_headroom() -> None:
+    [warning] = warnings_about("workers.max", workers={"active": 10, "max": 10})
+    assert warning.startswith("workers.max: equals workers.active (10)")
+    assert "20% headroom (workers.max: 12)" in warning
+
+
+def test_headroom_suggestion_adds_at_least_one_worker() -> None:
+    [warning] = warnings_about("workers.max", workers={"active": 2, "max": 2})
+    assert warning.endswith("(workers.max: 3)")
+
+
+def test_headroom_suggestion_survives_huge_counts() -> None:
+    [warning] = warnings_about("workers.max", workers={"active": 1_000_000, "max": 1_000_000})
+    assert warning.endswith("(workers.max: 1200000)")
+
+
+def test_max_above_active_has_no_headroom_warning() -> None:
+    assert warnings_about("workers.max", workers={"active": 2, "max": 3}) == []
+
+
+def test_single_always_on_worker_warns_once() -> None:
+    assert len(warnings_about("workers.max", workers={"active": 1, "max": 1})) == 1
+
+
+def test_disabled_execution_timeout_warns() -> None:
+    [warning] = warnings_about("timeouts.execution", timeouts={"execution": "off"})
+    assert "stuck request holds its worker forever" in warning
+
+
+def test_open_auth_on_a_public_listen_address_warns() -> None:
+    [warning] = warnings_about("auth.api_keys", listen="0.0.0.0:8080")
+    assert "listen (0.0.0.0:8080) is not loopback" in warning
+    assert "LBPROXY_API_KEYS" in warning
+
+
+def test_open_auth_on_loopback_is_fine() -> None:
+    assert warnings_about("auth.api_keys", listen="[::1]:8080") == []
+
+
+def test_api_keys_from_the_file_or_env_close_a_public_listen_address() -> None:
+    assert warnings_about("auth.api_keys", listen=":8080", auth={"api_keys": ["k"]}) == []
+    with_env = config({"LBPROXY_API_KEYS": "k"}, listen=":8080")
+    assert not [w for w in risk_warnings(with_env) if w.startswith("auth.api_keys")]
+
+
+def test_admin_on_a_public_address_warns() -> None:
+    [warning] = warnings_about("admin", admin="0.0.0.0:9090")
+    assert warning.startswith("admin: 0.0.0.0:9090 is not loopback")
+
+
+def test_idle_timeout_below_one_second_warns_of_churn() -> None:
+    [warning] = warnings_about("timeouts.idle", timeouts={"idle": "500ms"})
+    assert warning.startswith("timeouts.idle: 500ms") and "churn" in warning
+    assert warnings_about("timeouts.idle", timeouts={"idle": "1s"}) == []
+
+
+def test_queue_delay_above_ten_seconds_warns_of_slow_scale_up() -> None:
+    [warning] = warnings_about("scaling.queue_delay", scaling={"queue_delay": "30s"})
+    assert warning.startswith("scaling.queue_delay: 30s") and "slow scale-up" in warning
+    assert warnings_about("scaling.queue_delay", scaling={"queue_delay": "10s"}) == []
+
+
+def test_queue_delay_is_not_a_risk_when_request_count_scales() -> None:
+    assert (
+        warnings_about("scaling.queue_delay", scaling={"strategy": "request_count", "queue_delay": "1m"})
+        == []
+    )
+
+
+def test_very_short_init_timeout_warns() -> None:
+    [warning] = warnings_about("timeouts.init", timeouts={"init": "5s"})
+    assert warning.startswith("timeouts.init: 5s is very short")
+    assert warnings_about("timeouts.init", timeouts={"init": "10s"}) == []
+
+
+def test_choices_the_product_page_allows_do_not_warn() -> None:
+    allowed = config(flashboot=False, workers={"concurrency": 0}, scaling={"strategy": "request_count"})
+    assert risk_warnings(allowed) == []
+
+
+# ---------------------------------------------------------------------------------- backend problems
+
+
+def test_a_local_config_with_a_command_is_servable() -> None:
+    assert backend_problems(config()) == []
+
+
+def test_local_backend_needs_a_worker_command() -> None:
+    assert backend_problems(config(worker={})) == [
+        "worker.command: required with the local backend (the argv that starts one worker)"
+    ]
+
+
+def test_gpu_categories_are_an_error_with_the_local_backend() -> None:
+    assert backend_problems(config(gpu={"categories": ["80gb"]})) == [
+        "gpu.categories: only the kubernetes backend places workers on GPU types; "
+        "remove it or set backend.type: kubernetes"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "data"),
+    [
+        ("gpu.types", {"gpu": {"types": ["H100"]}}),
+        ("gpu.cuda_versions", {"gpu": {"cuda_versions": ["12.4"]}}),
+        ("gpu.catalog", {"gpu": {"catalog": {"80gb": {"flex_price_per_s": 0.001}}}}),
+        ("placement.data_centers", {"placement": {"data_centers": ["eu-1"]}}),
+        ("placement.network_volume", {"placement": {"network_volume": "models"}}),
+        ("placement.model", {"placement": {"model": "llama"}}),
+        ("expose_ports", {"expose_ports": ["8888/http"]}),
+        ("worker.image", {"worker": {"command": COMMAND, "image": "ghcr.io/acme/worker:1"}}),
+        ("backend.namespace", {"backend": {"namespace": "gpu"}}),
+        ("backend.kubeconfig", {"backend": {"kubeconfig": "~/.kube/config"}}),
+    ],
+)
+def test_kubernetes_only_keys_set_in_the_file_are_errors_with_the_local_backend(key: str, data: Any) -> None:
+    [problem] = backend_problems(config(**data))
+    assert problem.startswith(f"{key}: ")
+    assert problem.endswith("; remove it or set backend.type: kubernetes")
+
+
+def test_kubernetes_only_keys_are_errors_even_at_their_default_values() -> None:
+    """The file set them, so it was written for another backend (DESIGN 2a: an error when set)."""
+    problems = backend_problems(config(gpu={"categories": []}, placement={"model": None}))
+    assert [p.split(":")[0] for p in problems] == ["gpu.categories", "placement.model"]
+
+
+def test_kubernetes_only_sections_left_out_are_no_problem() -> None:
+    assert backend_problems(config(gpu={}, placement={})) == []
+
+
+@pytest.mark.parametrize("backend", ["local", "kubernetes"])
+def test_queue_endpoints_are_refused_on_every_backend(backend: str) -> None:
+    problems = backend_problems(config(type="queue", backend={"type": backend}))
+    assert problems[0] == "type: queue endpoints are not implemented yet; use load_balancer"
+
+
+def test_kubernetes_backend_needs_an_image() -> None:
+    problems = backend_problems(config(backend={"type": "kubernetes"}))
+    assert (
+        "worker.image: required with the kubernetes backend (the container image of one worker)" in problems
+    )
+
+
+def test_kubernetes_backend_is_refused_until_implemented() -> None:
+    k8s = config(backend={"type": "kubernetes"}, worker={"image": "img:1"}, gpu={"categories": ["80gb"]})
+    assert backend_problems(k8s) == ["backend.type: the kubernetes backend is not implemented yet"]
+
+
+# ------------------------------------------------------------------------------------------- notices
+
+
+def test_no_notices_for_a_plain_config() -> None:
+    assert notices(config()) == []
+
+
+def test_flashboot_set_in_the_file_has_no_effect_locally() -> None:
+    assert notices(config(flashboot=False)) == [
+        "flashboot: has no effect with the local backend (each worker is a fresh local process)"
+    ]
+    assert notices(config(flashboot=True, backend={"type": "kubernetes"})) == []
+
+
+def test_ttl_set_in_the_file_only_applies_to_queue_endpoints() -> None:
+    assert notices(config(timeouts={"ttl": "1h"})) == [
+        "timeouts.ttl: only applies to queue endpoints; no effect with type: load_balancer"
+    ]
+    assert notices(config(type="queue", timeouts={"ttl": "1h"})) == []
+
+
+def test_scaling_settings_of_the_other_strategy_have_no_effect() -> None:
+    assert notices(config(scaling={"strategy": "request_count", "queue_delay": "2s"})) == [
+        "scaling.queue_delay: no effect with scaling.strategy: request_count"
+    ]
+    assert notices(config(scaling={"requests_per_worker": 2})) == [
+        "scaling.requests_per_worker: only used by scaling.strategy: request_count"
+    ]
+
+
+def test_forward_authorization_without_keys_has_no_effect() -> None:
+    [notice] = notices(config(auth={"forward_authorization": True}))
+    assert notice.startswith("auth.forward_authorization: no effect without api keys")
+    assert notices(config(auth={"forward_authorization": True, "api_keys": ["k"]})) == []
