@@ -1,0 +1,266 @@
+"""The worker pool: who is ready, how busy each worker is, and the FIFO queue of requests waiting for one.
+
+All state lives on the event loop thread and changes without awaiting in between, so the controller's
+snapshot, the drain of a victim and the dispatch of queued requests cannot interleave mid-change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from .policy import Snapshot, WorkerState, WorkerView
+from .routing import choose_worker
+
+log = logging.getLogger("lbproxy.pool")
+
+
+class QueueFull(Exception):
+    """More requests wait than ``limits.max_queue`` allows."""
+
+
+class NoWorkerInTime(Exception):
+    """No worker took the request within ``timeouts.wait``."""
+
+
+class ShuttingDown(Exception):
+    """The endpoint is stopping and takes no new requests."""
+
+
+@dataclass(eq=False, slots=True)
+class Worker:
+    """One worker as the proxy sees it. Mutated only by the pool."""
+
+    id: str
+    host: str
+    port: int
+    health_port: int
+    state: WorkerState = WorkerState.STARTING
+    since: float = 0.0
+    started_at: float = 0.0
+    ready_at: float | None = None
+    in_flight: int = 0
+    idle_since: float | None = None
+    served: int = 0
+    reason: str = ""
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def authority(self) -> str:
+        return f"{self.host}:{self.port}" if ":" not in self.host else f"[{self.host}]:{self.port}"
+
+    def idle_for(self, now: float) -> float:
+        return 0.0 if self.idle_since is None or self.in_flight else now - self.idle_since
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    future: asyncio.Future[Worker]
+    since: float
+    preferred: str | None
+
+
+Listener = Callable[[Worker, WorkerState], None]
+
+
+class WorkerPool:
+    """Routes requests to ready workers and queues them (FIFO) when none has a free slot."""
+
+    def __init__(
+        self,
+        concurrency: int,
+        max_queue: int,
+        wait_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.concurrency = concurrency
+        self.max_queue = max_queue
+        self.wait_timeout = wait_timeout
+        self.clock = clock
+        self.workers: dict[str, Worker] = {}
+        self._ready: tuple[Worker, ...] = ()  # replaced whole on every state change
+        self._waiters: deque[_Waiter] = deque()
+        self._listeners: list[Listener] = []
+        self._on_queued: list[Callable[[], None]] = []
+        self._closed = False
+        self.changed = asyncio.Event()  # set on every state change; the controller clears it
+
+    # -- observers -------------------------------------------------------------------------------
+
+    def on_state_change(self, listener: Listener) -> None:
+        """Call ``listener(worker, old_state)`` after every state change."""
+        self._listeners.append(listener)
+
+    def on_queued_without_worker(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when a request queues while no worker is ready (cold start)."""
+        self._on_queued.append(callback)
+
+    # -- membership and state ----------------------------------------------------------------------
+
+    def add(self, worker_id: str, host: str, port: int, health_port: int) -> Worker:
+        now = self.clock()
+        w = Worker(worker_id, host, port, health_port, since=now, started_at=now)
+        self.workers[worker_id] = w
+        self._notify(w, WorkerState.EXITED)
+        return w
+
+    def set_state(self, w: Worker, state: WorkerState, reason: str = "") -> None:
+        old = w.state
+        if old is state or old is WorkerState.EXITED:
+            return
+        if state is WorkerState.READY and old in (WorkerState.DRAINING, WorkerState.STOPPING):
+            return  # a late /ping 200 does not bring a worker back from scale-down
+        now = self.clock()
+        w.state, w.since, w.reason = state, now, reason
+        if state is WorkerState.READY:
+            if w.ready_at is None:
+                w.ready_at = now
+            if w.in_flight == 0:
+                w.idle_since = now
+            w.drained.clear()  # set again only by a drain that really waits out this worker's requests
+        if state in (WorkerState.DRAINING, WorkerState.STOPPING, WorkerState.EXITED) and w.in_flight == 0:
+            w.drained.set()
+        if state is WorkerState.EXITED:
+            del self.workers[w.id]
+        if state is WorkerState.READY or old is WorkerState.READY:
+            self._ready = tuple(x for x in self.workers.values() if x.state is WorkerState.READY)
+        self._notify(w, old)
+        if state is WorkerState.READY:
+            self._dispatch()
+
+    def drain(self, w: Worker) -> asyncio.Event:
+        """Stop routing to ``w``; the returned event is set once its last in-flight request ended."""
+        self.set_state(w, WorkerState.DRAINING, "idle")
+        return w.drained
+
+    def _notify(self, w: Worker, old: WorkerState) -> None:
+        self.changed.set()
+        for listener in self._listeners:
+            listener(w, old)
+
+    @property
+    def ready(self) -> tuple[Worker, ...]:
+        return self._ready
+
+    def get(self, worker_id: str) -> Worker | None:
+        return self.workers.get(worker_id)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(w.in_flight for w in self.workers.values())
+
+    def oldest_queued_at(self) -> float | None:
+        return self._waiters[0].since if self._waiters else None
+
+    def try_acquire(self, preferred: str | None = None) -> Worker | None:
+        """Take a slot on a ready worker at once, or None (the caller then waits with ``acquire``)."""
+        if self._waiters or self._closed:
+            return None  # FIFO: never overtake requests already waiting; closed: acquire() refuses
+        w = choose_worker(self._ready, self.concurrency, preferred)
+        if w is not None:
+            w.in_flight += 1
+            w.idle_since = None
+        return w
+
+    async def acquire(self, preferred: str | None = None) -> Worker:
+        """Reserve a slot on a ready worker, waiting in FIFO order for at most ``wait_timeout``."""
+        if self._closed:
+            raise ShuttingDown
+        w = self.try_acquire(preferred)
+        if w is not None:
+            return w
+        if len(self._waiters) >= self.max_queue:
+            raise QueueFull
+        fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(fut, self.clock(), preferred)
+        self._waiters.append(waiter)
+        self.changed.set()
+        if not self._ready:
+            for cb in self._on_queued:
+                cb()
+        self._dispatch()
+        try:
+            async with asyncio.timeout(self.wait_timeout):
+                return await fut
+        except BaseException as exc:
+            # A worker may have been handed over in the same loop iteration as the timeout or the
+            # cancellation: give its slot back, or it would stay reserved forever.
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(fut.result())
+            if isinstance(exc, TimeoutError):
+                raise NoWorkerInTime from None
+            raise
+        finally:
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                pass
+
+    def release(self, w: Worker) -> None:
+        """Give back the slot taken by ``acquire``; the next waiter may take it."""
+        w.in_flight -= 1
+        w.served += 1
+        if w.in_flight == 0:
+            w.idle_since = self.clock()
+            if w.state is not WorkerState.READY:
+                w.drained.set()
+        if self._waiters:
+            self._dispatch()
+
+    @asynccontextmanager
+    async def lease(self, preferred: str | None = None) -> AsyncIterator[Worker]:
+        """``async with pool.lease() as worker``: the slot is released on every path."""
+        w = await self.acquire(preferred)
+        try:
+            yield w
+        finally:
+            self.release(w)
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiters, oldest first."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters[0]
+            if waiter.future.done():  # timed out or cancelled; its own finally removes it
+                waiters.popleft()
+                continue
+            w = choose_worker(self._ready, self.concurrency, waiter.preferred)
+            if w is None:
+                return
+            waiters.popleft()
+            w.in_flight += 1
+            w.idle_since = None
+            waiter.future.set_result(w)
+
+    def close(self) -> None:
+        """Refuse new requests and fail every queued one (shutdown)."""
+        self._closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_exception(ShuttingDown())
+
+    # -- the controller's view -------------------------------------------------------------------
+
+    def snapshot(self, start_blocked_until: float = 0.0) -> Snapshot:
+        return Snapshot(
+            now=self.clock(),
+            workers=tuple(
+                WorkerView(w.id, w.state, w.in_flight, w.since, None if w.in_flight else w.idle_since)
+                for w in self.workers.values()
+            ),
+            queued=len(self._waiters),
+            oldest_queued_at=self.oldest_queued_at(),
+            start_blocked_until=start_blocked_until,
+        )

@@ -1,0 +1,65 @@
+"""Which ready worker takes the next request: a pure choice over a snapshot of ready workers."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+
+class Routable(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+
+W = TypeVar("W", bound=Routable)
+
+# Above this many candidates, sample two at random and take the less loaded ("power of two choices"):
+# O(1) per request and within a small factor of the best choice, where a full scan would be O(n).
+_SCAN_LIMIT = 16
+
+
+def choose_worker(
+    ready: Sequence[W],
+    concurrency: int,
+    preferred: str | None = None,
+    rand: Callable[[int], int] = random.randrange,
+) -> W | None:
+    """Return the ready worker with a free slot and the fewest in-flight requests, or None.
+
+    ``concurrency`` 0 means unlimited. ``preferred`` (the client's ``X-Lbproxy-Worker-Id``) wins when that
+    worker has a free slot: soft affinity. Ties break at random (``rand(n)`` returns 0..n-1) so that equal
+    workers share load instead of the first one taking everything.
+    """
+    if preferred is not None:
+        for w in ready:
+            if w.id == preferred:
+                if concurrency == 0 or w.in_flight < concurrency:
+                    return w
+                break
+    n = len(ready)
+    if n == 0:
+        return None
+    if n > _SCAN_LIMIT:
+        a, b = ready[rand(n)], ready[rand(n)]
+        best = a if a.in_flight <= b.in_flight else b
+        if concurrency == 0 or best.in_flight < concurrency:
+            return best
+        # Both samples full: fall through to the exact scan rather than queue a request a free worker could take.
+    best_load = -1
+    best_w: W | None = None
+    ties = 0
+    for w in ready:
+        load = w.in_flight
+        if concurrency and load >= concurrency:
+            continue
+        if best_w is None or load < best_load:
+            best_w, best_load, ties = w, load, 1
+        elif load == best_load:
+            ties += 1
+            if rand(ties) == 0:  # reservoir sampling: each tied worker is kept with probability 1/ties
+                best_w = w
+    return best_w

@@ -1,0 +1,447 @@
+"""The worker pool: slots, the FIFO queue of waiting requests, drains and shutdown, on a real event loop.
+
+Tasks are synchronised by yielding to the loop (``settle``), never by sleeping; the only real waits are the
+short ``timeouts.wait`` the timeout tests are about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from lbproxy.policy import WorkerState, WorkerView
+from lbproxy.pool import NoWorkerInTime, QueueFull, ShuttingDown, Worker, WorkerPool
+
+
+class FakeClock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_pool(
+    concurrency: int = 1, max_queue: int = 10, wait_timeout: float = 30.0, clock: FakeClock | None = None
+) -> WorkerPool:
+    return WorkerPool(concurrency, max_queue, wait_timeout, clock or FakeClock())
+
+
+def add(pool: WorkerPool, wid: str) -> Worker:
+    return pool.add(wid, "127.0.0.1", 9000, 9001)
+
+
+def ready_worker(pool: WorkerPool, wid: str) -> Worker:
+    w = add(pool, wid)
+    pool.set_state(w, WorkerState.READY, "/ping 200")
+    return w
+
+
+async def settle(predicate: Callable[[], object], what: str, turns: int = 50) -> None:
+    """Let other tasks run, one loop turn at a time, until ``predicate()`` holds."""
+    for _ in range(turns):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{what}: not after {turns} loop turns")
+
+
+async def waiting(pool: WorkerPool, preferred: str | None = None) -> asyncio.Task[Worker]:
+    """Start an ``acquire`` and return once it is queued."""
+    before = pool.queued
+    task = asyncio.create_task(pool.acquire(preferred))
+    await settle(lambda: pool.queued == before + 1, "request queued")
+    return task
+
+
+# -- taking a slot -------------------------------------------------------------------------------------
+
+
+async def test_acquire_takes_a_free_slot_at_once() -> None:
+    pool = make_pool(concurrency=2)
+    w = ready_worker(pool, "a")
+    assert await pool.acquire() is w
+    assert (w.in_flight, w.idle_since, pool.queued) == (1, None, 0)
+
+
+async def test_acquire_prefers_the_requested_worker() -> None:
+    pool = make_pool(concurrency=2)
+    ready_worker(pool, "a")
+    b = ready_worker(pool, "b")
+    assert await pool.acquire(preferred="b") is b
+
+
+async def test_try_acquire_gives_none_without_a_ready_worker() -> None:
+    pool = make_pool()
+    add(pool, "a")
+    assert pool.try_acquire() is None
+    assert pool.queued == 0
+
+
+async def test_unhealthy_worker_gets_no_requests() -> None:
+    pool = make_pool()
+    w = ready_worker(pool, "a")
+    pool.set_state(w, WorkerState.UNHEALTHY, "/ping did not answer")
+    assert pool.ready == ()
+    assert pool.try_acquire() is None
+
+
+# -- the FIFO queue ------------------------------------------------------------------------------------
+
+
+async def test_waiters_are_served_in_arrival_order_as_slots_free() -> None:
+    pool = make_pool(concurrency=1)
+    w = ready_worker(pool, "a")
+    await pool.acquire()
+    served: list[str] = []
+
+    async def client(name: str) -> None:
+        await pool.acquire()
+        served.append(name)
+
+    tasks = []
+    for name in ("first", "second", "third"):
+        tasks.append(asyncio.create_task(client(name)))
+        await settle(lambda: pool.queued == len(tasks), "request queued")
+
+    async def free_a_slot() -> list[str]:
+        pool.release(w)  # the slot goes straight to the oldest waiter
+        assert w.in_flight == 1
+        count = len(served) + 1
+        await settle(lambda: len(served) == count, "waiter served")
+        return list(served)
+
+    assert await free_a_slot() == ["first"]
+    assert await free_a_slot() == ["first", "second"]
+    assert await free_a_slot() == ["first", "second", "third"]
+    await asyncio.gather(*tasks)
+    assert pool.queued == 0
+
+
+async def test_a_ready_worker_serves_as_many_waiters_as_it_has_slots() -> None:
+    pool = make_pool(concurrency=2)
+    w = add(pool, "a")
+    tasks = [await waiting(pool) for _ in range(3)]
+    pool.set_state(w, WorkerState.READY, "/ping 200")
+    assert (w.in_flight, pool.queued) == (2, 1)
+    assert [await t for t in tasks[:2]] == [w, w]
+    pool.close()
+    with pytest.raises(ShuttingDown):
+        await tasks[2]
+
+
+async def test_wait_longer_than_wait_timeout_fails_with_no_worker_in_time() -> None:
+    pool = make_pool(wait_timeout=0.05)
+    add(pool, "a")
+    with pytest.raises(NoWorkerInTime):
+        await pool.acquire()
+    assert pool.queued == 0
+
+
+async def test_request_beyond_max_queue_fails_with_queue_full() -> None:
+    pool = make_pool(max_queue=2)
+    tasks = [await waiting(pool), await waiting(pool)]
+    with pytest.raises(QueueFull):
+        await pool.acquire()
+    assert pool.queued == 2
+    pool.close()
+    for t in tasks:
+        with pytest.raises(ShuttingDown):
+            await t
+
+
+async def test_max_queue_zero_refuses_every_wait() -> None:
+    pool = make_pool(max_queue=0)
+    with pytest.raises(QueueFull):
+        await pool.acquire()
+
+
+async def test_queueing_with_no_ready_worker_calls_for_a_cold_start() -> None:
+    pool = make_pool()
+    calls: list[None] = []
+    pool.on_queued_without_worker(lambda: calls.append(None))
+    task = await waiting(pool)
+    assert len(calls) == 1
+    pool.close()
+    with pytest.raises(ShuttingDown):
+        await task
+
+
+async def test_queueing_behind_a_full_ready_worker_does_not_call_for_a_cold_start() -> None:
+    pool = make_pool(concurrency=1)
+    w = ready_worker(pool, "a")
+    await pool.acquire()
+    calls: list[None] = []
+    pool.on_queued_without_worker(lambda: calls.append(None))
+    task = await waiting(pool)
+    assert calls == []
+    pool.release(w)
+    assert await task is w
+
+
+# -- state transitions ---------------------------------------------------------------------------------
+
+
+async def test_worker_becoming_ready_serves_the_waiting_request() -> None:
+    pool = make_pool()
+    w = add(pool, "a")
+    task = await waiting(pool)
+    pool.set_state(w, WorkerState.READY, "/ping 200")
+    assert await task is w
+    assert (w.in_flight, pool.queued) == (1, 0)
+
+
+async def test_worker_recovering_from_unhealthy_serves_the_waiting_request() -> None:
+    pool = make_pool()
+    w = ready_worker(pool, "a")
+    pool.set_state(w, WorkerState.UNHEALTHY, "/ping 500")
+    task = await waiting(pool)
+    pool.set_state(w, WorkerState.READY, "/ping 200 again")
+    assert await task is w
+
+
+@pytest.mark.parametrize("state", [WorkerState.DRAINING, WorkerState.STOPPING])
+async def test_late_ready_does_not_bring_back_a_worker_being_scaled_down(state: WorkerState) -> None:
+    pool = make_pool()
+    w = ready_worker(pool, "a")
+    pool.set_state(w, state, "idle")
+    pool.set_state(w, WorkerState.READY, "/ping 200")
+    assert w.state is state
+    assert pool.ready == ()
+    assert pool.try_acquire() is None
+
+
+async def test_exited_worker_is_removed_from_the_pool() -> None:
+    pool = make_pool()
+    w = ready_worker(pool, "a")
+    pool.set_state(w, WorkerState.EXITED, "killed")
+    assert pool.get("a") is None
+    assert pool.ready == ()
+    assert pool.snapshot().workers == ()
+    assert w.drained.is_set()
+
+
+async def test_exited_worker_stays_exited() -> None:
+    pool = make_pool()
+    w = add(pool, "a")
+    pool.set_state(w, WorkerState.EXITED, "crashed")
+    pool.set_state(w, WorkerState.READY, "/ping 200")
+    assert w.state is WorkerState.EXITED
+    assert pool.ready == ()
+
+
+async def test_listeners_see_every_state_change_with_the_old_state() -> None:
+    pool = make_pool()
+    seen: list[tuple[str, WorkerState, WorkerState]] = []
+    pool.on_state_change(lambda w, old: seen.append((w.id, old, w.state)))
+    w = ready_worker(pool, "a")
+    pool.set_state(w, WorkerState.READY, "/ping 200")  # no change: no event
+    pool.set_state(w, WorkerState.EXITED, "gone")
+    assert seen == [
+        ("a", WorkerState.EXITED, WorkerState.STARTING),
+        ("a", WorkerState.STARTING, WorkerState.READY),
+        ("a", WorkerState.READY, WorkerState.EXITED),
+    ]
+
+
+# -- drain ---------------------------------------------------------------------------------------------
+
+
+async def test_drained_worker_gets_no_new_requests() -> None:
+    pool = make_pool(concurrency=1)
+    a = ready_worker(pool, "a")
+    b = ready_worker(pool, "b")
+    pool.drain(a)
+    assert pool.ready == (b,)
+    assert pool.try_acquire(preferred="a") is b
+    assert pool.try_acquire() is None
+
+
+async def test_drain_of_an_idle_worker_is_done_at_once() -> None:
+    pool = make_pool()
+    w = ready_worker(pool, "a")
+    assert pool.drain(w).is_set()
+
+
+async def test_drain_is_done_when_the_last_request_ends() -> None:
+    pool = make_pool(concurrency=2)
+    w = ready_worker(pool, "a")
+    first, second = await pool.acquire(), await pool.acquire()
+    drained = pool.drain(w)
+    assert w.state is WorkerState.DRAINING
+    assert not drained.is_set()
+    pool.release(first)
+    assert not drained.is_set()
+    pool.release(second)
+    assert drained.is_set()
+
+
+async def test_drain_waits_for_requests_after_a_recovery_from_unhealthy() -> None:
+    pool = make_pool(concurrency=2)
+    w = ready_worker(pool, "a")
+    earlier = await pool.acquire()
+    pool.set_state(w, WorkerState.UNHEALTHY, "connection refused")
+    pool.release(earlier)  # that request ends while the worker is unhealthy
+    pool.set_state(w, WorkerState.READY, "/ping 200 again")
+    await pool.acquire()
+    drained = pool.drain(w)
+    assert w.in_flight == 1
+    assert not drained.is_set()
+
+
+# -- cancellation and timeouts never leak a slot -------------------------------------------------------
+
+
+async def test_cancelled_waiter_leaves_no_waiter_and_no_slot() -> None:
+    pool = make_pool()
+    w = add(pool, "a")
+    task = await waiting(pool)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.queued == 0
+    pool.set_state(w, WorkerState.READY, "/ping 200")
+    assert w.in_flight == 0
+    assert pool.try_acquire() is w
+
+
+async def test_worker_handed_over_to_a_waiter_cancelled_before_it_ran_is_given_back() -> None:
+    pool = make_pool()
+    w = add(pool, "a")
+    task = await waiting(pool)
+    pool.set_state(w, WorkerState.READY, "/ping 200")  # resolves the waiter's future...
+    assert w.in_flight == 1
+    task.cancel()  # ...and the task is cancelled before it could take the worker
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (w.in_flight, w.served, pool.queued) == (0, 1, 0)
+    assert pool.try_acquire() is w
+
+
+async def test_worker_handed_over_in_the_same_turn_as_the_wait_timeout_is_given_back() -> None:
+    pool = make_pool(wait_timeout=0.0)
+    w = add(pool, "a")
+    task = asyncio.create_task(pool.acquire())
+    # The task's first step queues the request and, with a zero timeout, schedules the timeout for the
+    # next loop turn. This callback runs right after that step, so the worker is handed over first and the
+    # timeout then cancels a task whose future is already resolved.
+    asyncio.get_running_loop().call_soon(pool.set_state, w, WorkerState.READY, "/ping 200")
+    with pytest.raises(NoWorkerInTime):
+        await task
+    assert (w.in_flight, w.served, pool.queued) == (0, 1, 0)
+
+
+async def test_slot_freed_after_a_waiter_gave_up_goes_to_the_next_waiter() -> None:
+    pool = make_pool(concurrency=1)
+    w = ready_worker(pool, "a")
+    held = await pool.acquire()
+    gave_up, patient = await waiting(pool), await waiting(pool)
+    gave_up.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gave_up
+    pool.release(held)
+    assert await patient is w
+    assert w.in_flight == 1
+
+
+# -- lease ---------------------------------------------------------------------------------------------
+
+
+async def test_lease_releases_the_slot_when_the_block_ends() -> None:
+    pool = make_pool()
+    w = ready_worker(pool, "a")
+    async with pool.lease() as leased:
+        assert leased is w
+        assert w.in_flight == 1
+    assert w.in_flight == 0
+
+
+async def test_lease_releases_the_slot_on_exception() -> None:
+    pool = make_pool()
+    w = ready_worker(pool, "a")
+    with pytest.raises(RuntimeError):
+        async with pool.lease():
+            raise RuntimeError("worker failed")
+    assert w.in_flight == 0
+
+
+async def test_lease_releases_the_slot_when_its_task_is_cancelled() -> None:
+    pool = make_pool()
+    w = ready_worker(pool, "a")
+    never = asyncio.Event()
+
+    async def request() -> None:
+        async with pool.lease():
+            await never.wait()
+
+    task = asyncio.create_task(request())
+    await settle(lambda: w.in_flight == 1, "lease taken")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert w.in_flight == 0
+
+
+# -- shutdown ------------------------------------------------------------------------------------------
+
+
+async def test_close_fails_waiting_requests_with_shutting_down() -> None:
+    pool = make_pool()
+    tasks = [await waiting(pool), await waiting(pool)]
+    pool.close()
+    for t in tasks:
+        with pytest.raises(ShuttingDown):
+            await t
+    assert pool.queued == 0
+
+
+async def test_closed_pool_refuses_new_requests_even_with_a_free_worker() -> None:
+    pool = make_pool()
+    w = ready_worker(pool, "a")
+    pool.close()
+    with pytest.raises(ShuttingDown):
+        await pool.acquire()
+    with pytest.raises(ShuttingDown):
+        async with pool.lease():
+            pass
+    assert w.in_flight == 0
+
+
+async def test_closed_pool_gives_no_slot_to_try_acquire() -> None:
+    pool = make_pool()
+    ready_worker(pool, "a")
+    pool.close()
+    assert pool.try_acquire() is None
+
+
+# -- the controller's view -----------------------------------------------------------------------------
+
+
+async def test_snapshot_reflects_states_queue_and_idle_time() -> None:
+    clock = FakeClock(100.0)
+    pool = make_pool(concurrency=1, clock=clock)
+    w = add(pool, "a")
+    clock.now = 103.0
+    pool.set_state(w, WorkerState.READY, "/ping 200")
+    s = pool.snapshot()
+    assert s.now == 103.0
+    assert s.workers == (WorkerView("a", WorkerState.READY, 0, 103.0, 103.0),)
+    assert (s.queued, s.oldest_queued_at, s.start_blocked_until) == (0, None, 0.0)
+
+    clock.now = 104.0
+    held = await pool.acquire()
+    clock.now = 105.0
+    task = await waiting(pool)
+    clock.now = 106.0
+    s = pool.snapshot(start_blocked_until=110.0)
+    assert s.workers == (WorkerView("a", WorkerState.READY, 1, 103.0, None),)
+    assert (s.queued, s.oldest_queued_at, s.start_blocked_until) == (1, 105.0, 110.0)
+
+    clock.now = 107.0
+    pool.release(held)
+    pool.release(await task)
+    s = pool.snapshot()
+    assert s.workers == (WorkerView("a", WorkerState.READY, 0, 103.0, 107.0),)
+    assert (s.queued, s.oldest_queued_at) == (0, None)
