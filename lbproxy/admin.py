@@ -1,0 +1,141 @@
+"""The admin port: liveness, readiness, JSON status, Prometheus metrics and a small status page.
+
+It binds to loopback by default (``admin: 127.0.0.1:9090``) and never shows API keys or worker env values.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .config import Config
+from .controller import Controller
+from .policy import WorkerState
+from .pool import WorkerPool
+
+
+class Admin:
+    def __init__(
+        self,
+        config: Config,
+        pool: WorkerPool,
+        controller: Controller,
+        metrics_render: Callable[[], bytes],
+        describe: Callable[[str], dict[str, object]],
+        notices: list[str],
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.controller = controller
+        self.metrics_render = metrics_render
+        self.describe = describe
+        self.notices = notices
+        self.stopping = False
+        self.started = time.time()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/status", self.status_json)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/", self.page)
+        return app
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    def is_ready(self) -> bool:
+        """Ready to take traffic: a worker is ready, or the endpoint scales from zero by design."""
+        if self.stopping:
+            return False
+        return bool(self.pool.ready) or self.config.workers.active == 0
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready = self.is_ready()
+        return web.json_response(
+            {"ready": ready, "ready_workers": len(self.pool.ready), "stopping": self.stopping},
+            status=200 if ready else 503,
+        )
+
+    def status(self) -> dict[str, Any]:
+        now = self.pool.clock()
+        c = self.controller
+        oldest = self.pool.oldest_queued_at()
+        return {
+            "endpoint": self.config.name,
+            "version": __version__,
+            "backend": self.config.backend.type,
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "stopping": self.stopping,
+            "workers": [
+                {
+                    "id": w.id,
+                    "state": w.state.value,
+                    "in_flight": w.in_flight,
+                    "served": w.served,
+                    "idle_seconds": round(w.idle_for(now), 2),
+                    "age_seconds": round(now - w.started_at, 2),
+                    "reason": w.reason,
+                    "address": w.authority,
+                    **self.describe(w.id),
+                }
+                for w in self.pool.workers.values()
+            ],
+            "queue": {
+                "length": self.pool.queued,
+                "oldest_wait_seconds": round(now - oldest, 3) if oldest is not None else 0.0,
+            },
+            "scaling": {
+                "active": self.config.workers.active,
+                "max": self.config.workers.max,
+                "strategy": self.config.scaling.strategy,
+                "failed_starts_in_a_row": c.failed_starts,
+                "next_start_allowed_in_seconds": round(max(0.0, c.blocked_until - now), 1),
+                "last_start_failure": c.last_failure,
+            },
+            "last_decisions": list(c.decisions),
+            "notices": self.notices,
+        }
+
+    async def status_json(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        resp = web.Response(body=self.metrics_render())
+        resp.content_type = "text/plain"
+        resp.charset = "utf-8"
+        return resp
+
+    async def page(self, request: web.Request) -> web.Response:
+        s = self.status()
+        rows = "".join(
+            f"<tr><td>{html.escape(w['id'])}</td><td>{w['state']}</td><td>{w['in_flight']}</td>"
+            f"<td>{w['served']}</td><td>{w['idle_seconds']}</td><td>{html.escape(w['reason'])}</td></tr>"
+            for w in s["workers"]
+        )
+        body = (
+            "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=2>"
+            f"<title>lbproxy {html.escape(s['endpoint'])}</title>"
+            "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}</style>"
+            f"<h1>{html.escape(s['endpoint'])}</h1>"
+            f"<p>queue: {s['queue']['length']} (oldest {s['queue']['oldest_wait_seconds']}s) · "
+            f"workers {s['scaling']['active']}..{s['scaling']['max']} · {s['scaling']['strategy']}</p>"
+            "<table><tr><th>worker</th><th>state</th><th>in flight</th><th>served</th><th>idle s</th>"
+            f"<th>reason</th></tr>{rows}</table>"
+            "<p><a href=/status>/status</a> · <a href=/metrics>/metrics</a></p>"
+        )
+        return web.Response(text=body, content_type="text/html")
+
+    def counts_by_state(self) -> tuple[int, int, dict[str, int]]:
+        by_state = {s.value: 0 for s in WorkerState if s is not WorkerState.EXITED}
+        in_flight = 0
+        for w in self.pool.workers.values():
+            by_state[w.state.value] = by_state.get(w.state.value, 0) + 1
+            in_flight += w.in_flight
+        return self.pool.queued, in_flight, by_state

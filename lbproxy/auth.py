@@ -1,0 +1,27 @@
+"""Bearer API keys, compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+
+
+class ApiKeys:
+    """Accepts ``Authorization: Bearer <key>`` for any configured key; open when none is configured."""
+
+    def __init__(self, keys: tuple[bytes, ...]) -> None:
+        self._keys = keys
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def allows(self, authorization: str | None) -> bool:
+        if not self._keys:
+            return True
+        if not authorization or authorization[:7].lower() != "bearer ":
+            return False
+        given = authorization[7:].strip().encode("utf-8", "surrogateescape")
+        ok = False
+        for key in self._keys:  # check every key, so timing does not tell which one (or how many) matched
+            ok |= hmac.compare_digest(given, key)
+        return ok

@@ -1,0 +1,162 @@
+"""The local backend: each worker is a process group on this machine, listening on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..config import Config
+from .base import StartFailed, WorkerAddress, WorkerEvents
+from .gpus import GpuSlices, visible_gpus
+
+log = logging.getLogger("lbproxy.backend.local")
+worker_log = logging.getLogger("lbproxy.worker")
+
+_LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the worker binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((_LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(eq=False)
+class _Process:
+    id: str
+    proc: asyncio.subprocess.Process
+    tasks: tuple[asyncio.Task[None], ...] = ()
+    stopping: bool = False
+
+
+class LocalBackend:
+    """Starts ``worker.command`` once per worker in its own session (process group)."""
+
+    def __init__(
+        self, config: Config, events: WorkerEvents, environ: Mapping[str, str] | None = None
+    ) -> None:
+        environ = os.environ if environ is None else environ
+        command = config.worker.command
+        if not command:
+            raise StartFailed("worker.command: required with the local backend")
+        self._argv = list(command)
+        self._events = events
+        self._prefix = config.name
+        self._grace = config.worker.stop_grace
+        health_port = config.worker.health_port
+        self._separate_health = health_port is not None and health_port != config.worker.port
+        # Workers find the interpreter (and packages) lbproxy runs with first, as in an activated venv,
+        # so that `python3 worker.py` works right after `pip install lbproxy` in a virtualenv.
+        path = os.pathsep.join([os.path.dirname(sys.executable), environ.get("PATH", os.defpath)])
+        self._env = {**environ, **config.worker.env, "PATH": path}
+        self._processes: dict[str, _Process] = {}
+        self._seq = 0
+        self._gpus: GpuSlices | None = None
+        self.notices: list[str] = []
+        gpus = config.workers.gpus
+        visible = visible_gpus(environ) if gpus else None
+        if gpus and visible is None:
+            self.notices.append(
+                f"workers.gpus: {gpus} is ignored: no GPU is visible (no CUDA_VISIBLE_DEVICES, no nvidia-smi)"
+            )
+        elif gpus and visible is not None:
+            need = gpus * config.workers.max
+            if need > len(visible):
+                raise StartFailed(
+                    f"workers.gpus: {config.workers.max} workers x {gpus} GPUs need {need} GPUs but only "
+                    f"{len(visible)} are visible ({','.join(visible)}); lower workers.max or workers.gpus"
+                )
+            self._gpus = GpuSlices(visible, gpus)
+
+    async def start_worker(self) -> None:
+        self._seq += 1
+        wid = f"{self._prefix}-{self._seq}-{secrets.token_hex(2)}"
+        port = free_port()
+        health = free_port() if self._separate_health else port
+        env = {**self._env, "PORT": str(port), "PORT_HEALTH": str(health), "LBPROXY_WORKER_ID": wid}
+        if self._gpus is not None:
+            devices = self._gpus.take(wid)
+            if devices is None:
+                raise StartFailed("every GPU slice is in use")
+            env["CUDA_VISIBLE_DEVICES"] = devices
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._argv,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop reaches the worker's children too
+                limit=1 << 20,
+            )
+        except OSError as exc:
+            if self._gpus is not None:
+                self._gpus.give_back(wid)
+            raise StartFailed(f"worker.command {self._argv[0]!r} could not start: {exc.strerror or exc}") from exc
+        p = _Process(wid, proc)
+        self._processes[wid] = p
+        log.info("worker %s started: pid %d, port %d, health port %d", wid, proc.pid, port, health)
+        self._events.worker_added(WorkerAddress(wid, _LOOPBACK, port, health))
+        p.tasks = (asyncio.create_task(self._pump_output(p)), asyncio.create_task(self._watch(p)))
+
+    async def _pump_output(self, p: _Process) -> None:
+        stream = p.proc.stdout
+        assert stream is not None
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line over the limit: log what we have and go on
+                line = await stream.read(1 << 20)
+            if not line:
+                return
+            worker_log.info("%s | %s", p.id, line.decode("utf-8", "replace").rstrip())
+
+    async def _watch(self, p: _Process) -> None:
+        rc = await p.proc.wait()
+        _killpg(p.proc.pid, signal.SIGKILL)  # leftovers of the worker's group must not outlive it
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(p.tasks[0]), 1.0)
+        self._processes.pop(p.id, None)
+        if self._gpus is not None:
+            self._gpus.give_back(p.id)
+        reason = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
+        log.info("worker %s (pid %d) exited: %s", p.id, p.proc.pid, reason)
+        self._events.worker_exited(p.id, reason)
+
+    async def stop_worker(self, worker_id: str) -> None:
+        p = self._processes.get(worker_id)
+        if p is None:
+            return
+        p.stopping = True
+        _killpg(p.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(p.tasks[1]), self._grace)
+        except TimeoutError:
+            log.warning("worker %s did not stop within %.0fs of SIGTERM: SIGKILL", worker_id, self._grace)
+            _killpg(p.proc.pid, signal.SIGKILL)
+            await asyncio.shield(p.tasks[1])
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.stop_worker(wid) for wid in list(self._processes)))
+
+    def describe(self, worker_id: str) -> dict[str, object]:
+        p = self._processes.get(worker_id)
+        return {"pid": p.proc.pid} if p is not None else {}
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.proc.pid for p in self._processes.values()]
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

@@ -1,0 +1,90 @@
+"""The ``lbproxy`` command: ``serve CONFIG``, ``check CONFIG``, ``--version``.
+
+Exit codes: 0 ok, 1 runtime failure, 2 invalid config (one line per problem, naming the key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .checks import backend_problems, notices, risk_warnings
+from .config import Config, ConfigError, load_config
+
+EXIT_INVALID = 2
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"lbproxy: {path} is not a valid config:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _setup_logging(level: str, endpoint: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s %(levelname)-7s {endpoint} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def cmd_check(path: str) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_INVALID
+    problems = backend_problems(config)
+    for problem in problems:
+        print(f"error: {problem}")
+    for warning in risk_warnings(config):
+        print(f"warning: {warning}")
+    for notice in notices(config):
+        print(f"note: {notice}")
+    if problems:
+        print(f"{path}: cannot be served as it is ({len(problems)} problem(s))")
+        return EXIT_INVALID
+    print(f"{path}: ok (endpoint {config.name}, backend {config.backend.type})")
+    return 0
+
+
+def cmd_serve(path: str, log_level: str) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_INVALID
+    problems = backend_problems(config)
+    if problems:
+        print(f"lbproxy: {path} cannot be served:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    _setup_logging(log_level, config.name)
+    from .server import serve  # aiohttp and the rest load only when serving
+
+    return asyncio.run(serve(config))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lbproxy", description="A load-balancing endpoint for GPU HTTP workers.")
+    parser.add_argument("--version", action="version", version=f"lbproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the endpoint described by CONFIG")
+    p_serve.add_argument("config", metavar="CONFIG")
+    p_serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p_check = sub.add_parser("check", help="validate CONFIG and warn about risky settings")
+    p_check.add_argument("config", metavar="CONFIG")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return cmd_check(args.config)
+    return cmd_serve(args.config, args.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

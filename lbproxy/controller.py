@@ -1,0 +1,162 @@
+"""The controller loop: snapshot the pool, ask the policy, make the backend carry it out.
+
+It also receives the backend's worker events, so it is the one place that knows a worker's whole life:
+added (probed by the health prober), ready, drained, stopped, exited, and crash-loop back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .backends.base import Backend, StartFailed, WorkerAddress
+from .health import HealthProber
+from .metrics import Metrics
+from .policy import Decision, ScalingSettings, WorkerState, decide
+from .pool import Worker, WorkerPool
+
+log = logging.getLogger("lbproxy.controller")
+
+TICK = 1.0
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+
+
+class Controller:
+    """Scales the workers between ``workers.active`` and ``workers.max``."""
+
+    def __init__(
+        self,
+        settings: ScalingSettings,
+        pool: WorkerPool,
+        prober: HealthProber,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.prober = prober
+        self.metrics = metrics
+        self.clock = clock
+        self.backend: Backend | None = None
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=20)
+        self.failed_starts = 0
+        self.blocked_until = 0.0
+        self.last_failure = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+        pool.on_state_change(self._state_changed)
+
+    # -- worker events from the backend ------------------------------------------------------------
+
+    def worker_added(self, address: WorkerAddress) -> None:
+        w = self.pool.add(address.id, address.host, address.port, address.health_port)
+        self.prober.watch(w)
+
+    def worker_exited(self, worker_id: str, reason: str) -> None:
+        w = self.pool.get(worker_id)
+        if w is None:
+            return
+        expected = w.state is WorkerState.STOPPING
+        self.prober.forget(worker_id)
+        if not expected:
+            self.metrics.worker_exits.labels(self.metrics.endpoint).inc()
+            if w.ready_at is None:
+                self._start_failed(f"worker {worker_id} exited before it was ready ({reason})")
+            else:
+                log.warning("worker %s exited unexpectedly (%s) with %d request(s) in flight",
+                            worker_id, reason, w.in_flight)
+        self.pool.set_state(w, WorkerState.EXITED, reason)
+
+    def _state_changed(self, w: Worker, old: WorkerState) -> None:
+        if w.state is WorkerState.READY and old is WorkerState.STARTING:
+            cold = self.clock() - w.started_at
+            self.metrics.cold_start.labels(self.metrics.endpoint).observe(cold)
+            log.info("worker %s ready after %.2fs", w.id, cold)
+            self.failed_starts = 0
+
+    def _start_failed(self, why: str) -> None:
+        self.failed_starts += 1
+        delay = min(BACKOFF_FIRST * 2 ** (self.failed_starts - 1), BACKOFF_MAX)
+        self.blocked_until = self.clock() + delay
+        self.last_failure = why
+        log.error("%s; %d failed start(s) in a row, next start in %.0fs", why, self.failed_starts, delay)
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    async def run(self, backend: Backend) -> None:
+        """Decide and act until cancelled. An exception here is a bug: it ends the process."""
+        self.backend = backend
+        changed = self.pool.changed
+        while True:
+            changed.clear()
+            decision = decide(self.pool.snapshot(self.blocked_until), self.settings)
+            if decision.changes_anything:
+                await self._apply(decision)
+            wait = TICK if decision.recheck_after is None else min(TICK, max(decision.recheck_after, 0.01))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), wait)
+
+    async def _apply(self, d: Decision) -> None:
+        self.decisions.append({
+            "at": time.time(), "desired": d.desired, "start": d.start, "drain": list(d.drain),
+            "stop": [wid for wid, _ in d.stop], "reason": d.reason,
+        })
+        for wid, why in d.stop:
+            w = self.pool.get(wid)
+            if w is not None:
+                log.warning("replacing worker %s: %s", wid, why)
+                self.metrics.scaled("down", "replace")
+                self.pool.set_state(w, WorkerState.STOPPING, why)
+                self._spawn(self._stop(wid))
+        for wid in d.drain:
+            w = self.pool.get(wid)
+            if w is not None:
+                log.info("scale down: draining worker %s (%s)", wid, d.reason)
+                self.metrics.scaled("down", "idle")
+                # Out of rotation now, in the same step as the decision: no request can reach it after this.
+                drained = self.pool.drain(w)
+                self._spawn(self._stop_when_drained(w, drained))
+        if d.start:
+            log.info("scale up: starting %d worker(s), %d wanted (%s)", d.start, d.desired, d.reason)
+            self.metrics.scaled("up", "load", d.start)
+            # Started inline: the next decision must see these workers, or a burst would overshoot.
+            for _ in range(d.start):
+                await self._start_one()
+
+    async def _start_one(self) -> None:
+        assert self.backend is not None
+        try:
+            await self.backend.start_worker()
+        except StartFailed as exc:
+            self._start_failed(f"could not start a worker: {exc}")
+
+    async def _stop_when_drained(self, w: Worker, drained: asyncio.Event) -> None:
+        await drained.wait()  # never stop a worker that still serves a request
+        self.pool.set_state(w, WorkerState.STOPPING, "drained")
+        await self._stop(w.id)
+
+    async def _stop(self, worker_id: str) -> None:
+        assert self.backend is not None
+        self.prober.forget(worker_id)
+        await self.backend.stop_worker(worker_id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def shutdown(self) -> None:
+        """Stop every worker (after the proxy finished its in-flight requests)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in list(self.pool.workers.values()):
+            self.prober.forget(w.id)
+            self.pool.set_state(w, WorkerState.STOPPING, "shutdown")
+        if self.backend is not None:
+            await self.backend.close()

@@ -1,0 +1,37 @@
+"""Errors lbproxy answers itself: a stable code, a status a client can act on, a sentence saying what to do."""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+from aiohttp import web
+
+
+class ProxyError(NamedTuple):
+    status: int
+    code: str
+    message: str
+
+
+UNAUTHORIZED = ProxyError(401, "unauthorized", "send a valid API key as 'Authorization: Bearer <key>'")
+BAD_REQUEST = ProxyError(400, "bad_request", "the request target must be an origin-form path starting with '/'")
+BODY_TOO_LARGE = ProxyError(
+    413, "body_too_large", "the request body is larger than limits.max_body_size ({limit} bytes)"
+)
+QUEUE_FULL = ProxyError(429, "queue_full", "{queued} requests are already waiting for a worker; retry later")
+WORKER_FAILED = ProxyError(502, "worker_failed", "the worker failed while handling the request: {detail}")
+NO_WORKER = ProxyError(503, "no_worker", "no worker was free within timeouts.wait ({wait:g}s); retry later")
+SHUTTING_DOWN = ProxyError(503, "shutting_down", "the endpoint is shutting down; retry on another replica")
+EXECUTION_TIMEOUT = ProxyError(
+    504, "execution_timeout", "the worker did not finish within timeouts.execution ({timeout:g}s)"
+)
+
+_JSON = "application/json"
+
+
+def error_response(err: ProxyError, headers: dict[str, str] | None = None, **details: object) -> web.Response:
+    """A JSON ``{"error": code, "message": ...}`` response."""
+    message = err.message.format(**details) if details else err.message
+    body = json.dumps({"error": err.code, "message": message}).encode()
+    return web.Response(status=err.status, body=body, content_type=_JSON, headers=headers)

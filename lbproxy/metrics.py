@@ -1,0 +1,84 @@
+"""Prometheus metrics. Names are constants; labels are bounded (status codes, states, directions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REQUESTS = "lbproxy_requests"
+REQUEST_SECONDS = "lbproxy_request_duration_seconds"
+QUEUE_WAIT_SECONDS = "lbproxy_queue_wait_seconds"
+QUEUE_LENGTH = "lbproxy_queue_length"
+IN_FLIGHT = "lbproxy_in_flight_requests"
+WORKERS = "lbproxy_workers"
+COLD_START_SECONDS = "lbproxy_cold_start_seconds"
+SCALE_EVENTS = "lbproxy_scale_events"
+WORKER_EXITS = "lbproxy_worker_exits"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_COLD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class _LiveGauges(Collector):
+    """Gauges read from the pool at scrape time, so the hot path never updates them."""
+
+    def __init__(self, endpoint: str, read: Callable[[], tuple[int, int, dict[str, int]]]) -> None:
+        self.endpoint = endpoint
+        self.read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        queued, in_flight, by_state = self.read()
+        q = GaugeMetricFamily(QUEUE_LENGTH, "Requests waiting for a worker.", labels=["endpoint"])
+        q.add_metric([self.endpoint], queued)
+        f = GaugeMetricFamily(IN_FLIGHT, "Requests being served by workers.", labels=["endpoint"])
+        f.add_metric([self.endpoint], in_flight)
+        w = GaugeMetricFamily(WORKERS, "Workers by state.", labels=["endpoint", "state"])
+        for state, n in by_state.items():
+            w.add_metric([self.endpoint, state], n)
+        return [q, f, w]
+
+
+class Metrics:
+    """All of lbproxy's metrics, in a registry of their own (several endpoints can share a process)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.registry = CollectorRegistry()
+        labels = ["endpoint"]
+        self.requests = Counter(REQUESTS, "Requests answered, by status code.", [*labels, "code"],
+                                registry=self.registry)
+        self.request_seconds = Histogram(REQUEST_SECONDS, "Time from request to the end of the response.",
+                                         labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram(QUEUE_WAIT_SECONDS, "Time requests waited for a free worker.",
+                                    labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.cold_start = Histogram(COLD_START_SECONDS, "Time from a worker's start to its first /ping 200.",
+                                    labels, buckets=_COLD_BUCKETS, registry=self.registry)
+        self.scale_events = Counter(SCALE_EVENTS, "Workers started or stopped, by direction and reason.",
+                                    [*labels, "direction", "reason"], registry=self.registry)
+        self.worker_exits = Counter(WORKER_EXITS, "Workers that exited without being asked to.",
+                                    labels, registry=self.registry)
+        self._code_counters: dict[int, Counter] = {}
+        self._latency = self.request_seconds.labels(endpoint)
+        self._wait = self.queue_wait.labels(endpoint)
+
+    def watch(self, read: Callable[[], tuple[int, int, dict[str, int]]]) -> None:
+        self.registry.register(_LiveGauges(self.endpoint, read))
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        child = self._code_counters.get(status)
+        if child is None:
+            child = self._code_counters[status] = self.requests.labels(self.endpoint, str(status))
+        child.inc()
+        self._latency.observe(seconds)
+
+    def observe_wait(self, seconds: float) -> None:
+        self._wait.observe(seconds)
+
+    def scaled(self, direction: str, reason: str, n: int = 1) -> None:
+        self.scale_events.labels(self.endpoint, direction, reason).inc(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,119 @@
+"""The endpoint's lifecycle: wire config, pool, controller, backend, proxy and admin; run; shut down cleanly.
+
+Shutdown order (SIGTERM/SIGINT): refuse new and queued requests, stop scaling, let in-flight requests finish
+for at most ``timeouts.shutdown``, then stop every worker and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from .admin import Admin
+from .backends.base import StartFailed
+from .backends.local import LocalBackend
+from .checks import notices
+from .config import Config
+from .controller import Controller
+from .health import HealthProber
+from .metrics import Metrics
+from .policy import ScalingSettings
+from .pool import WorkerPool
+from .proxy import Proxy
+
+log = logging.getLogger("lbproxy")
+
+
+def scaling_settings(config: Config) -> ScalingSettings:
+    return ScalingSettings(
+        active=config.workers.active,
+        max=config.workers.max,
+        concurrency=config.workers.concurrency,
+        strategy=config.scaling.strategy,
+        queue_delay=config.scaling.queue_delay,
+        requests_per_worker=config.scaling.requests_per_worker,
+        idle_timeout=config.timeouts.idle,
+        init_timeout=config.timeouts.init,
+    )
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _start_site(app: web.Application, host: str, port: int, grace: float) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, shutdown_timeout=grace, backlog=1024)
+    await site.start()
+    bound = runner.addresses[0]
+    return runner, _url(bound[0], bound[1])
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the endpoint until ``stop`` is set (or SIGTERM/SIGINT). Returns the process exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    metrics = Metrics(config.name)
+    pool = WorkerPool(config.workers.concurrency, config.limits.max_queue, config.timeouts.wait)
+    prober = HealthProber(pool, config.worker.health_path)
+    controller = Controller(scaling_settings(config), pool, prober, metrics)
+    try:
+        backend = LocalBackend(config, controller, environ)
+    except StartFailed as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    all_notices = [*notices(config), *backend.notices]
+    for notice in all_notices:
+        log.warning("%s", notice)
+    proxy = Proxy(config, pool, metrics)
+    if not proxy.keys.enabled:
+        log.warning("auth.api_keys is empty: the endpoint is open to anyone who can reach %s:%d",
+                    config.listen.host, config.listen.port)
+    admin = Admin(config, pool, controller, metrics.render, backend.describe, all_notices)
+    metrics.watch(admin.counts_by_state)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    grace = config.timeouts.shutdown
+    await prober.start()
+    await proxy.start()
+    proxy_runner, proxy_url = await _start_site(app, config.listen.host, config.listen.port, grace)
+    admin_runner, admin_url = await _start_site(admin.app(), config.admin.host, config.admin.port, grace)
+    log.info("endpoint %s listening on %s (admin %s), workers %d..%d, backend %s",
+             config.name, proxy_url, admin_url, config.workers.active, config.workers.max, config.backend.type)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    control = asyncio.create_task(controller.run(backend), name="controller")
+    stopping = asyncio.create_task(stop.wait())
+    exit_code = 0
+    try:
+        await asyncio.wait({control, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if control.done():  # the controller never returns on its own: this is a bug, so stop rather than limp
+            exit_code = 1
+            failure = control.exception()
+            log.critical("controller stopped: %r; shutting down", failure, exc_info=failure)
+        else:
+            log.info("shutting down: finishing in-flight requests (at most %gs)", grace)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        admin.stopping = True
+        pool.close()
+        stopping.cancel()
+        control.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await control
+        await proxy_runner.cleanup()  # stops accepting, waits for in-flight handlers (bounded)
+        await controller.shutdown()
+        await prober.close()
+        await proxy.close()
+        await admin_runner.cleanup()
+        log.info("endpoint %s stopped", config.name)
+    return exit_code

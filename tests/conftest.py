@@ -1,0 +1,181 @@
+"""Fixtures that run the real thing: ``lbproxy serve`` as a process, echo workers as processes, loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ECHO = ROOT / "examples" / "workers" / "echo.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes (its parent has not reaped it yet).
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            return False
+    return True
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
+                interval: float = 0.02) -> Any:
+    """Poll ``predicate`` (sync or async) until it returns a truthy value; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Endpoint:
+    """A running ``lbproxy serve`` process and how to reach it."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    admin: str
+    config: dict[str, Any]
+    log_path: Path
+    seen_pids: set[int] = field(default_factory=set)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def status(self) -> dict[str, Any]:
+        async with httpx.AsyncClient() as c:
+            r = await c.get(self.admin + "/status")
+            data: dict[str, Any] = r.json()
+        self.seen_pids.update(w["pid"] for w in data["workers"] if "pid" in w)
+        return data
+
+    async def workers(self, *states: str) -> list[dict[str, Any]]:
+        ws = (await self.status())["workers"]
+        return [w for w in ws if not states or w["state"] in states]
+
+    async def wait_workers(self, predicate: Callable[[list[dict[str, Any]]], bool], what: str,
+                           timeout: float = 20.0) -> list[dict[str, Any]]:
+        async def check() -> list[dict[str, Any]] | None:
+            ws = await self.workers()
+            return ws if predicate(ws) else None
+        result: list[dict[str, Any]] = await until(check, timeout, what, interval=0.05)
+        return result
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+            raise AssertionError(f"lbproxy did not exit within {timeout}s of SIGTERM\n{self.log()[-3000:]}") from None
+
+
+def base_config(**overrides: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "name": "test",
+        "listen": f"127.0.0.1:{free_port()}",
+        "admin": f"127.0.0.1:{free_port()}",
+        "workers": {"active": 0, "max": 2, "concurrency": 0},
+        "timeouts": {"idle": "30s", "execution": "60s", "wait": "20s", "init": "30s", "shutdown": "10s"},
+        "worker": {"command": [sys.executable, str(ECHO)], "env": {}, "stop_grace": "5s"},
+    }
+    return deep_merge(cfg, overrides)
+
+
+@pytest.fixture
+def start_endpoint(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``await start_endpoint(workers={"max": 3}, ...)`` starts lbproxy with the echo worker; always cleaned up.
+
+    At teardown lbproxy gets SIGTERM and must exit, and every worker process it ever reported must be gone.
+    """
+    started: list[Endpoint] = []
+
+    async def start(env: dict[str, str] | None = None, **overrides: Any) -> Endpoint:
+        cfg = base_config(**overrides)
+        path = tmp_path / f"lbproxy-{len(started)}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        log_path = tmp_path / f"lbproxy-{len(started)}.log"
+        proc_env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "LBPROXY_"))}
+        proc_env.update(env or {})
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lbproxy", "serve", str(path), "--log-level", "debug"],
+                stdout=log_file, stderr=subprocess.STDOUT, env=proc_env, cwd=ROOT, start_new_session=True,
+            )
+        ep = Endpoint(proc, f"http://{cfg['listen']}", f"http://{cfg['admin']}", cfg, log_path)
+        started.append(ep)
+
+        async def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"lbproxy exited with {proc.returncode}:\n{ep.log()}")
+            try:
+                async with httpx.AsyncClient() as c:
+                    return (await c.get(ep.admin + "/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await until(up, 20, "lbproxy admin /healthz")
+        return ep
+
+    yield start
+
+    for ep in started:
+        code = ep.terminate()
+        assert code == 0, f"lbproxy exited with {code}\n{ep.log()[-3000:]}"
+        left = [pid for pid in ep.seen_pids if pid_alive(pid)]
+        assert not left, f"worker processes left behind: {left}"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as c:
+        yield c
+
+
+def error_of(response: httpx.Response) -> str:
+    """The stable error code of one of lbproxy's own JSON errors."""
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    body = json.loads(response.content)
+    assert set(body) == {"error", "message"}, body
+    assert body["message"], body
+    code: str = body["error"]
+    return code
