@@ -6,4 +6,5 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 .venv/bin/python -m ruff check lbproxy tests examples
+.venv/bin/python -m mypy lbproxy
 exec .venv/bin/python -m pytest -q "$@"

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, TypeVar, get_args, get_origin
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -699,7 +699,7 @@ def _replace(model: _M, **changes: object) -> _M:
     return type(model).model_construct(_fields_set=set(model.model_fields_set), **{**values, **changes})
 
 
-class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
+class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects a key given twice in one mapping instead of keeping the last silently."""
 
 
