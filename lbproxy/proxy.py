@@ -76,6 +76,11 @@ class Proxy:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        # aiohttp silently resends an idempotent request when a reused keep-alive connection drops under it.
+        # The worker may already have run it (a GET can start a generation), and lbproxy promises to retry
+        # only what never left. No public switch exists; aiohttp's own test_utils flips the same attribute.
+        if hasattr(self.session, "_retry_connection"):
+            self.session._retry_connection = False
 
     async def close(self) -> None:
         if self.session is not None:

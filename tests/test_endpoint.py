@@ -225,6 +225,9 @@ async def test_worker_killed_mid_request_gives_502_and_the_endpoint_recovers(sta
     ep = await start_endpoint(workers={"active": 1, "max": 2})
     await ep.wait_workers(lambda ws: len(ws) == 1 and ws[0]["state"] == "ready", "the active worker")
     [w] = await ep.workers()
+    # A request first, so the next one travels on a pooled keep-alive connection: a dropped reused
+    # connection must not be resent to another worker (the worker may have acted on it).
+    assert (await client.get(ep.url + "/echo")).status_code == 200
     slow = asyncio.create_task(client.get(ep.url + "/sleep?s=30"))
 
     async def reached_worker() -> bool:  # lbproxy's count rises before the bytes reach the worker
