@@ -26,6 +26,15 @@ _KUBERNETES_ONLY = {
     "worker.image": "the local backend runs worker.command, not a container image",
     "backend.namespace": "only the kubernetes backend runs in a namespace",
     "backend.kubeconfig": "only the kubernetes backend talks to a cluster",
+    "backend.node_labels": "only the kubernetes backend matches node labels",
+    "backend.fallback_after": "GPU category fallback only happens on the kubernetes backend",
+    "backend.fallback_retry": "GPU category fallback only happens on the kubernetes backend",
+    "backend.volume_mount_path": "only the kubernetes backend mounts a network volume",
+    "backend.leader_election": "local endpoints run one proxy, with no leader to elect",
+    "backend.proxy_selector": "local endpoints run one proxy, with no replicas to sum",
+    "backend.tolerations": "only kubernetes pods have tolerations",
+    "backend.image_pull_secrets": "the local backend pulls no images",
+    "backend.worker_resources": "the local backend sets no container resources",
 }
 
 

@@ -460,10 +460,43 @@ class WorkerSettings(_Settings):
         return self
 
 
+class NodeLabels(_Settings):
+    """Node label keys the kubernetes backend matches; the defaults are what NVIDIA GPU Feature Discovery
+    and the well-known topology labels put on nodes."""
+
+    gpu_product: _Text = "nvidia.com/gpu.product"
+    cuda_driver_major: _Text = "nvidia.com/cuda.driver.major"
+    cuda_driver_minor: _Text = "nvidia.com/cuda.driver.minor"
+    zone: _Text = "topology.kubernetes.io/zone"
+    model_prefix: _Text = "models.lbproxy.io/"
+    """A node holding cached model M carries the label `<model_prefix><M as a label name>` (any value)."""
+    flashboot_prefix: _Text = "flashboot.lbproxy.io/"
+    """The controller labels nodes that ran this endpoint's workers `<flashboot_prefix><endpoint name>`."""
+
+
 class BackendSettings(_Settings):
     type: Literal["local", "kubernetes"] = "local"
     namespace: _DnsLabel | None = None
+    """kubernetes: where workers run; unset: the proxy pod's own namespace, else the kubeconfig's."""
     kubeconfig: Annotated[str, Field(min_length=1)] | None = None  # a path may contain spaces
+    """kubernetes: a kubeconfig file; unset: in-cluster credentials, else ~/.kube/config."""
+    node_labels: NodeLabels = NodeLabels()
+    fallback_after: _Duration = 60.0
+    """kubernetes: a worker unschedulable this long sends new workers to the next gpu.categories entry."""
+    fallback_retry: _Duration = 600.0
+    """kubernetes: after a fallback, how long before an earlier category is tried again."""
+    volume_mount_path: _Text = "/runpod-volume"
+    """kubernetes: where placement.network_volume is mounted in every worker."""
+    leader_election: bool = True
+    """kubernetes: replicas elect one leader (a Lease) that scales; every replica routes."""
+    proxy_selector: _Text | None = None
+    """kubernetes: label selector of all proxy replicas' pods; the leader sums their load (the chart sets it)."""
+    tolerations: tuple[dict[str, Any], ...] = ()
+    """kubernetes: pod tolerations of the workers (e.g. for the nvidia.com/gpu taint)."""
+    image_pull_secrets: tuple[_Text, ...] = ()
+    worker_resources: dict[str, dict[str, str | int]] = {}
+    """kubernetes: extra container resources (`requests`/`limits` of cpu, memory); the GPU limit comes from
+    workers.gpus."""
 
 
 class Config(_Settings):

@@ -203,13 +203,15 @@ class Proxy:
                     return resp
         except TimeoutError:
             if exchange.response is None:
-                return errors.error_response(errors.EXECUTION_TIMEOUT, timeout=self.execution_timeout or 0)
+                return errors.error_response(errors.EXECUTION_TIMEOUT, {WORKER_ID: w.id, REQUEST_ID: rid},
+                                             timeout=self.execution_timeout or 0)
             return self._abort(request, exchange.response, "execution timeout mid-response")
         except (aiohttp.ClientError, ValueError) as exc:
             if exchange.body_too_large:
                 return errors.error_response(errors.BODY_TOO_LARGE, {"Connection": "close"}, limit=self.max_body)
             if exchange.response is None:
-                return errors.error_response(errors.WORKER_FAILED, detail=_describe(exc))
+                return errors.error_response(errors.WORKER_FAILED, {WORKER_ID: w.id, REQUEST_ID: rid},
+                                             detail=_describe(exc))
             return self._abort(request, exchange.response, f"worker failed mid-response: {_describe(exc)}")
 
     @staticmethod

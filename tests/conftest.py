@@ -91,11 +91,11 @@ class Endpoint:
 
     async def wait_workers(self, predicate: Callable[[list[dict[str, Any]]], bool], what: str,
                            timeout: float = 20.0) -> list[dict[str, Any]]:
-        async def check() -> list[dict[str, Any]] | None:
+        async def check() -> tuple[list[dict[str, Any]]] | None:
             ws = await self.workers()
-            return ws if predicate(ws) else None
-        result: list[dict[str, Any]] = await until(check, timeout, what, interval=0.05)
-        return result
+            return (ws,) if predicate(ws) else None  # a tuple: an empty worker list is a valid answer
+        result: tuple[list[dict[str, Any]]] = await until(check, timeout, what, interval=0.05)
+        return result[0]
 
     def terminate(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:

@@ -247,7 +247,10 @@ async def test_worker_crash_during_request_gives_502(start_endpoint, client):
     ep = await start_endpoint()
     r = await client.post(ep.url + "/exit?code=1")
     assert r.status_code == 502 and error_of(r) == "worker_failed"
-    assert (await client.get(ep.url + "/echo")).status_code == 200
+    crashed = r.headers.get("x-lbproxy-worker-id")
+    await ep.wait_workers(lambda ws: all(w["id"] != crashed for w in ws), "lbproxy to notice the exit")
+    r = await client.get(ep.url + "/echo")
+    assert r.status_code == 200 and r.headers["x-lbproxy-worker-id"] != crashed
 
 
 @pytest.mark.slow
