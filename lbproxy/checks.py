@@ -7,6 +7,8 @@ starts with the key it is about, like the config's own errors.
 
 from __future__ import annotations
 
+import importlib.util
+
 from lbproxy.config import Config
 from lbproxy.durations import format_duration
 
@@ -106,7 +108,8 @@ def backend_problems(config: Config) -> list[str]:
             problems.append(
                 "worker.image: required with the kubernetes backend (the container image of one worker)"
             )
-        problems.append("backend.type: the kubernetes backend is not implemented yet")
+        if importlib.util.find_spec("kubernetes") is None:
+            problems.append("backend.type: kubernetes needs the official client: pip install 'lbproxy[kubernetes]'")
     return problems
 
 

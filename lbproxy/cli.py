@@ -55,6 +55,26 @@ def cmd_check(path: str) -> int:
     return 0
 
 
+def cmd_render(path: str) -> int:
+    """Print the worker manifests ``serve`` would apply with the kubernetes backend (for GitOps and review)."""
+    config = _load(path)
+    if config is None:
+        return EXIT_INVALID
+    if config.worker.image is None:
+        print("lbproxy: worker.image: required to render kubernetes manifests", file=sys.stderr)
+        return EXIT_INVALID
+    import yaml
+
+    from .kube.manifests import render
+
+    class _NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data: object) -> bool:
+            return True  # reviewers read plain YAML, not anchors
+
+    print(yaml.dump_all(render(config), Dumper=_NoAliases, sort_keys=False), end="")
+    return 0
+
+
 def cmd_serve(path: str, log_level: str) -> int:
     config = _load(path)
     if config is None:
@@ -80,9 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p_check = sub.add_parser("check", help="validate CONFIG and warn about risky settings")
     p_check.add_argument("config", metavar="CONFIG")
+    p_render = sub.add_parser("render", help="print the kubernetes worker manifests for CONFIG")
+    p_render.add_argument("config", metavar="CONFIG")
     args = parser.parse_args(argv)
     if args.command == "check":
         return cmd_check(args.config)
+    if args.command == "render":
+        return cmd_render(args.config)
     return cmd_serve(args.config, args.log_level)
 
 

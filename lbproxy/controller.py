@@ -54,8 +54,20 @@ class Controller:
     # -- worker events from the backend ------------------------------------------------------------
 
     def worker_added(self, address: WorkerAddress) -> None:
-        w = self.pool.add(address.id, address.host, address.port, address.health_port)
+        w = self.pool.add(address.id, address.host, address.port, address.health_port, address.rank)
         self.prober.watch(w)
+
+    def worker_address(self, worker_id: str, host: str) -> None:
+        w = self.pool.get(worker_id)
+        if w is not None:
+            w.host = host  # the prober starts probing once it sees an address
+
+    def worker_terminating(self, worker_id: str, reason: str) -> None:
+        w = self.pool.get(worker_id)
+        if w is not None and w.state is not WorkerState.STOPPING:
+            log.info("worker %s is being stopped outside lbproxy (%s): no new requests", worker_id, reason)
+            self.prober.forget(worker_id)
+            self.pool.set_state(w, WorkerState.STOPPING, reason)
 
     def worker_exited(self, worker_id: str, reason: str) -> None:
         w = self.pool.get(worker_id)
@@ -94,7 +106,7 @@ class Controller:
         changed = self.pool.changed
         while True:
             changed.clear()
-            decision = decide(self.pool.snapshot(self.blocked_until), self.settings)
+            decision = decide(self.pool.snapshot(self.blocked_until, backend.pending_starts), self.settings)
             if decision.changes_anything:
                 await self._apply(decision)
             wait = TICK if decision.recheck_after is None else min(TICK, max(decision.recheck_after, 0.01))
@@ -138,12 +150,23 @@ class Controller:
     async def _stop_when_drained(self, w: Worker, drained: asyncio.Event) -> None:
         await drained.wait()  # never stop a worker that still serves a request
         self.pool.set_state(w, WorkerState.STOPPING, "drained")
-        await self._stop(w.id)
+        if not await self._stop(w.id) and w.state is WorkerState.STOPPING:
+            # Another worker went instead (the ReplicaSet chose): this one is idle and healthy, so it serves.
+            self.pool.set_state(w, WorkerState.READY, "kept: another worker was stopped instead", force=True)
+            self.prober.watch(w)
 
-    async def _stop(self, worker_id: str) -> None:
+    async def _stop(self, worker_id: str) -> bool:
         assert self.backend is not None
         self.prober.forget(worker_id)
-        await self.backend.stop_worker(worker_id)
+        try:
+            return await self.backend.stop_worker(worker_id)
+        except StartFailed as exc:  # the backend could not act (API down): the next decision tries again
+            log.error("could not stop worker %s: %s", worker_id, exc)
+            w = self.pool.get(worker_id)
+            if w is not None and w.state is WorkerState.STOPPING:
+                self.pool.set_state(w, WorkerState.READY, "stop failed; kept", force=True)
+                self.prober.watch(w)
+            return False
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

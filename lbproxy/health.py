@@ -78,6 +78,9 @@ class HealthProber:
         failures = 0
         try:
             while w.state not in (WorkerState.EXITED, WorkerState.STOPPING, WorkerState.DRAINING):
+                if not w.host:  # a pod not scheduled yet: nothing to probe
+                    await self._pause(w)
+                    continue
                 status = await self.probe(w)
                 state = w.state
                 if state is WorkerState.STARTING:

@@ -33,6 +33,7 @@ class WorkerView:
     in_flight: int
     since: float  # clock time the worker entered ``state``
     idle_since: float | None  # clock time in-flight last dropped to 0; None while busy
+    rank: int = 0  # placement preference of its pool (0 = first GPU choice): scale-down removes high ranks first
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ class Snapshot:
     queued: int = 0
     oldest_queued_at: float | None = None
     start_blocked_until: float = 0.0  # crash-loop back-off: no starts before this time
+    pending_starts: int = 0  # starts the backend accepted whose workers it does not report yet (pods)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +95,7 @@ def decide(snap: Snapshot, cfg: ScalingSettings) -> Decision:
     now = snap.now
     stop: list[tuple[str, str]] = []
     live = starting = ready = present = in_progress = 0
-    idle: list[tuple[float, str]] = []
+    idle: list[tuple[int, float, str]] = []
     wakes: list[float] = []
 
     for w in snap.workers:
@@ -114,7 +116,7 @@ def decide(snap: Snapshot, cfg: ScalingSettings) -> Decision:
             if w.in_flight == 0 and w.idle_since is not None:
                 idle_for = now - w.idle_since
                 if idle_for >= cfg.idle_timeout:
-                    idle.append((idle_for, w.id))
+                    idle.append((w.rank, idle_for, w.id))
                 else:
                     wakes.append(cfg.idle_timeout - idle_for)
         elif w.state is WorkerState.UNHEALTHY:
@@ -125,6 +127,10 @@ def decide(snap: Snapshot, cfg: ScalingSettings) -> Decision:
                 wakes.append(cfg.unhealthy_grace - age)
             # else: it finishes its requests first; the regular tick looks again
 
+    # Starts the backend accepted but cannot show yet are capacity on its way, like starting workers.
+    live += snap.pending_starts
+    starting += snap.pending_starts
+    present += snap.pending_starts
     wait = now - snap.oldest_queued_at if snap.queued and snap.oldest_queued_at is not None else 0.0
     demand, reason = _demand(snap.queued, wait, in_progress, live, starting, cfg)
     if snap.queued and cfg.strategy == "queue_delay" and wait <= cfg.queue_delay:
@@ -146,8 +152,8 @@ def decide(snap: Snapshot, cfg: ScalingSettings) -> Decision:
     # would leave the endpoint with no capacity for up to timeouts.init.
     surplus = ready - floor
     if surplus > 0 and idle and snap.queued == 0:
-        idle.sort(reverse=True)  # the longest idle goes first
-        drain = tuple(wid for _, wid in idle[:surplus])
+        idle.sort(reverse=True)  # fallback pools first, then the longest idle
+        drain = tuple(wid for _, _, wid in idle[:surplus])
         desired = live - len(drain)
         reason = f"{len(drain)} worker(s) idle for >= timeouts.idle ({cfg.idle_timeout:g}s)"
 

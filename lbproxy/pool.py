@@ -47,6 +47,7 @@ class Worker:
     in_flight: int = 0
     idle_since: float | None = None
     served: int = 0
+    rank: int = 0
     reason: str = ""
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -102,18 +103,18 @@ class WorkerPool:
 
     # -- membership and state ----------------------------------------------------------------------
 
-    def add(self, worker_id: str, host: str, port: int, health_port: int) -> Worker:
+    def add(self, worker_id: str, host: str, port: int, health_port: int, rank: int = 0) -> Worker:
         now = self.clock()
-        w = Worker(worker_id, host, port, health_port, since=now, started_at=now)
+        w = Worker(worker_id, host, port, health_port, since=now, started_at=now, rank=rank)
         self.workers[worker_id] = w
         self._notify(w, WorkerState.EXITED)
         return w
 
-    def set_state(self, w: Worker, state: WorkerState, reason: str = "") -> None:
+    def set_state(self, w: Worker, state: WorkerState, reason: str = "", *, force: bool = False) -> None:
         old = w.state
         if old is state or old is WorkerState.EXITED:
             return
-        if state is WorkerState.READY and old in (WorkerState.DRAINING, WorkerState.STOPPING):
+        if state is WorkerState.READY and old in (WorkerState.DRAINING, WorkerState.STOPPING) and not force:
             return  # a late /ping 200 does not bring a worker back from scale-down
         now = self.clock()
         w.state, w.since, w.reason = state, now, reason
@@ -253,14 +254,15 @@ class WorkerPool:
 
     # -- the controller's view -------------------------------------------------------------------
 
-    def snapshot(self, start_blocked_until: float = 0.0) -> Snapshot:
+    def snapshot(self, start_blocked_until: float = 0.0, pending_starts: int = 0) -> Snapshot:
         return Snapshot(
             now=self.clock(),
             workers=tuple(
-                WorkerView(w.id, w.state, w.in_flight, w.since, None if w.in_flight else w.idle_since)
+                WorkerView(w.id, w.state, w.in_flight, w.since, None if w.in_flight else w.idle_since, w.rank)
                 for w in self.workers.values()
             ),
             queued=len(self._waiters),
             oldest_queued_at=self.oldest_queued_at(),
             start_blocked_until=start_blocked_until,
+            pending_starts=pending_starts,
         )

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from .admin import Admin
-from .backends.base import StartFailed
+from .backends.base import Backend, StartFailed
 from .backends.local import LocalBackend
 from .checks import notices
 from .config import Config
@@ -63,12 +63,19 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     pool = WorkerPool(config.workers.concurrency, config.limits.max_queue, config.timeouts.wait)
     prober = HealthProber(pool, config.worker.health_path)
     controller = Controller(scaling_settings(config), pool, prober, metrics)
+    backend: Backend
     try:
-        backend = LocalBackend(config, controller, environ)
+        if config.backend.type == "kubernetes":
+            from .backends.kubernetes import KubernetesBackend  # needs the kubernetes extra
+
+            backend = kube = KubernetesBackend(config, controller)
+            await kube.open()
+        else:
+            backend = LocalBackend(config, controller, environ)
     except StartFailed as exc:
         log.error("cannot start: %s", exc)
         return 2
-    all_notices = [*notices(config), *backend.notices]
+    all_notices = [*notices(config), *getattr(backend, "notices", [])]
     for notice in all_notices:
         log.warning("%s", notice)
     proxy = Proxy(config, pool, metrics)

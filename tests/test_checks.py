@@ -181,9 +181,9 @@ def test_kubernetes_backend_needs_an_image() -> None:
     )
 
 
-def test_kubernetes_backend_is_refused_until_implemented() -> None:
+def test_kubernetes_backend_with_an_image_can_be_served() -> None:
     k8s = config(backend={"type": "kubernetes"}, worker={"image": "img:1"}, gpu={"categories": ["80gb"]})
-    assert backend_problems(k8s) == ["backend.type: the kubernetes backend is not implemented yet"]
+    assert backend_problems(k8s) == []
 
 
 # ------------------------------------------------------------------------------------------- notices

@@ -11,9 +11,10 @@ class WorkerAddress:
     """Where a new worker's app and health endpoint listen."""
 
     id: str
-    host: str
+    host: str  # "" while not known yet (a pod not scheduled): the worker is starting, not probed
     port: int
     health_port: int
+    rank: int = 0  # placement preference (GPU category index); 0 = first choice
 
 
 class WorkerEvents(Protocol):
@@ -22,6 +23,12 @@ class WorkerEvents(Protocol):
     def worker_added(self, address: WorkerAddress) -> None: ...
 
     def worker_exited(self, worker_id: str, reason: str) -> None: ...
+
+    def worker_address(self, worker_id: str, host: str) -> None:
+        """A worker added without an address has one now (its pod got an IP)."""
+
+    def worker_terminating(self, worker_id: str, reason: str) -> None:
+        """The worker is being stopped by someone else (pod deleted, node drained): no new requests."""
 
 
 class StartFailed(Exception):
@@ -34,11 +41,17 @@ class Backend(Protocol):
     async def start_worker(self) -> None:
         """Start one worker; ``worker_added`` is called before this returns. Raises StartFailed."""
 
-    async def stop_worker(self, worker_id: str) -> None:
-        """Stop a worker that no longer serves requests; returns once it is gone."""
+    async def stop_worker(self, worker_id: str) -> bool:
+        """Stop a worker that no longer serves requests. False when another worker went instead (the
+        Kubernetes ReplicaSet chose), so the controller can put this one back into rotation."""
 
     async def close(self) -> None:
         """Stop every worker (shutdown)."""
 
     def describe(self, worker_id: str) -> dict[str, object]:
         """Backend facts about a worker for /status (pid, pod name, ...); never secrets."""
+
+    @property
+    def pending_starts(self) -> int:
+        """Starts accepted whose workers were not reported yet."""
+        ...

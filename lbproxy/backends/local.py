@@ -132,10 +132,10 @@ class LocalBackend:
         log.info("worker %s (pid %d) exited: %s", p.id, p.proc.pid, reason)
         self._events.worker_exited(p.id, reason)
 
-    async def stop_worker(self, worker_id: str) -> None:
+    async def stop_worker(self, worker_id: str) -> bool:
         p = self._processes.get(worker_id)
         if p is None:
-            return
+            return True
         p.stopping = True
         _killpg(p.proc.pid, signal.SIGTERM)
         try:
@@ -144,9 +144,14 @@ class LocalBackend:
             log.warning("worker %s did not stop within %.0fs of SIGTERM: SIGKILL", worker_id, self._grace)
             _killpg(p.proc.pid, signal.SIGKILL)
             await asyncio.shield(p.tasks[1])
+        return True
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop_worker(wid) for wid in list(self._processes)))
+
+    @property
+    def pending_starts(self) -> int:
+        return 0  # a local worker is reported before start_worker returns
 
     def describe(self, worker_id: str) -> dict[str, object]:
         p = self._processes.get(worker_id)
