@@ -45,7 +45,19 @@ class Admin:
         app.router.add_get("/status", self.status_json)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/", self.page)
+        app.router.add_get("/internal/load", self.load)
         return app
+
+    async def load(self, request: web.Request) -> web.Response:
+        """This replica's queue and per-worker in-flight counts, summed by the leading replica."""
+        now = self.pool.clock()
+        oldest = self.pool.oldest_queued_at()
+        return web.json_response({
+            "queued": self.pool.queued,
+            "oldest_wait_seconds": now - oldest if oldest is not None else 0.0,
+            "workers": {w.id: {"in_flight": w.in_flight, "idle_seconds": w.idle_for(now)}
+                        for w in self.pool.workers.values()},
+        })
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -99,6 +111,7 @@ class Admin:
                 "next_start_allowed_in_seconds": round(max(0.0, c.blocked_until - now), 1),
                 "last_start_failure": c.last_failure,
             },
+            "leading": c.leading,
             "last_decisions": list(c.decisions),
             "notices": self.notices,
         }

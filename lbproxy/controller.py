@@ -17,7 +17,7 @@ from typing import Any
 from .backends.base import Backend, StartFailed, WorkerAddress
 from .health import HealthProber
 from .metrics import Metrics
-from .policy import Decision, ScalingSettings, WorkerState, decide
+from .policy import Decision, PeerLoad, ScalingSettings, WorkerState, decide, merge_peer_load
 from .pool import Worker, WorkerPool
 
 log = logging.getLogger("lbproxy.controller")
@@ -49,6 +49,9 @@ class Controller:
         self.blocked_until = 0.0
         self.last_failure = ""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._draining: set[str] = set()  # drains this controller started (others come from the leader)
+        self.peer_loads: Callable[[], tuple[PeerLoad, ...]] = tuple
+        self.leading = False
         pool.on_state_change(self._state_changed)
 
     # -- worker events from the backend ------------------------------------------------------------
@@ -61,6 +64,18 @@ class Controller:
         w = self.pool.get(worker_id)
         if w is not None:
             w.host = host  # the prober starts probing once it sees an address
+
+    def worker_draining(self, worker_id: str, draining: bool) -> None:
+        """The leader marked (or unmarked) a worker for scale-down: every replica stops routing to it."""
+        w = self.pool.get(worker_id)
+        if w is None or worker_id in self._draining:
+            return
+        if draining and w.state in (WorkerState.READY, WorkerState.UNHEALTHY, WorkerState.STARTING):
+            log.info("worker %s is being drained by the leader: no new requests", worker_id)
+            self.pool.drain(w)
+        elif not draining and w.state is WorkerState.DRAINING:
+            self.pool.set_state(w, WorkerState.READY, "drain cancelled", force=True)
+            self.prober.watch(w)
 
     def worker_terminating(self, worker_id: str, reason: str) -> None:
         w = self.pool.get(worker_id)
@@ -103,15 +118,32 @@ class Controller:
     async def run(self, backend: Backend) -> None:
         """Decide and act until cancelled. An exception here is a bug: it ends the process."""
         self.backend = backend
+        self.leading = True
         changed = self.pool.changed
-        while True:
-            changed.clear()
-            decision = decide(self.pool.snapshot(self.blocked_until, backend.pending_starts), self.settings)
-            if decision.changes_anything:
-                await self._apply(decision)
-            wait = TICK if decision.recheck_after is None else min(TICK, max(decision.recheck_after, 0.01))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), wait)
+        try:
+            await self._adopt_drains(backend)
+            while True:
+                changed.clear()
+                snap = self.pool.snapshot(self.blocked_until, backend.pending_starts)
+                decision = decide(merge_peer_load(snap, self.peer_loads()), self.settings)
+                if decision.changes_anything:
+                    await self._apply(decision)
+                wait = TICK if decision.recheck_after is None else min(TICK, max(decision.recheck_after, 0.01))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), wait)
+        finally:
+            self.leading = False
+            for task in list(self._tasks):  # drains of a lost leadership: the next leader decides anew
+                task.cancel()
+
+    async def _adopt_drains(self, backend: Backend) -> None:
+        """A new leader returns to rotation the workers an earlier leader was draining."""
+        for w in list(self.pool.workers.values()):
+            if w.state is WorkerState.DRAINING and w.id not in self._draining:
+                with contextlib.suppress(StartFailed):
+                    await backend.mark_draining(w.id, False)
+                self.pool.set_state(w, WorkerState.READY, "drain of an earlier leader cancelled", force=True)
+                self.prober.watch(w)
 
     async def _apply(self, d: Decision) -> None:
         self.decisions.append({
@@ -148,12 +180,31 @@ class Controller:
             self._start_failed(f"could not start a worker: {exc}")
 
     async def _stop_when_drained(self, w: Worker, drained: asyncio.Event) -> None:
-        await drained.wait()  # never stop a worker that still serves a request
-        self.pool.set_state(w, WorkerState.STOPPING, "drained")
-        if not await self._stop(w.id) and w.state is WorkerState.STOPPING:
-            # Another worker went instead (the ReplicaSet chose): this one is idle and healthy, so it serves.
-            self.pool.set_state(w, WorkerState.READY, "kept: another worker was stopped instead", force=True)
-            self.prober.watch(w)
+        assert self.backend is not None
+        self._draining.add(w.id)
+        try:
+            try:
+                await self.backend.mark_draining(w.id, True)  # other replicas stop routing to it too
+            except StartFailed as exc:
+                log.error("could not mark worker %s as draining: %s; keeping it", w.id, exc)
+                self.pool.set_state(w, WorkerState.READY, "drain not announced", force=True)
+                self.prober.watch(w)
+                return
+            await drained.wait()  # never stop a worker that still serves a request ...
+            while self.peer_in_flight(w.id):  # noqa: ASYNC110 - on any replica; their counts arrive by polling
+                await asyncio.sleep(0.1)
+            self.pool.set_state(w, WorkerState.STOPPING, "drained")
+            if not await self._stop(w.id) and w.state is WorkerState.STOPPING:
+                # Another worker went instead (the ReplicaSet chose): this one is idle and healthy, so it serves.
+                with contextlib.suppress(StartFailed):
+                    await self.backend.mark_draining(w.id, False)
+                self.pool.set_state(w, WorkerState.READY, "kept: another worker was stopped instead", force=True)
+                self.prober.watch(w)
+        finally:
+            self._draining.discard(w.id)
+
+    def peer_in_flight(self, worker_id: str) -> int:
+        return sum(n for load in self.peer_loads() for wid, n, _ in load.workers if wid == worker_id)
 
     async def _stop(self, worker_id: str) -> bool:
         assert self.backend is not None

@@ -154,7 +154,7 @@ def decide(snap: Snapshot, cfg: ScalingSettings) -> Decision:
     if surplus > 0 and idle and snap.queued == 0:
         idle.sort(reverse=True)  # fallback pools first, then the longest idle
         drain = tuple(wid for _, _, wid in idle[:surplus])
-        desired = live - len(drain)
+        desired = min(live - len(drain), cfg.max)
         reason = f"{len(drain)} worker(s) idle for >= timeouts.idle ({cfg.idle_timeout:g}s)"
 
     return Decision(
@@ -191,3 +191,40 @@ def _demand(
     if demand < cfg.active:
         reason = f"below workers.active ({live} live < {cfg.active})"
     return demand, reason
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLoad:
+    """Another proxy replica's load, as its admin port reports it."""
+
+    queued: int
+    oldest_wait: float  # seconds the oldest of its queued requests has waited
+    workers: tuple[tuple[str, int, float], ...]  # (worker id, in flight, idle seconds)
+
+
+def merge_peer_load(snap: Snapshot, peers: tuple[PeerLoad, ...]) -> Snapshot:
+    """The whole endpoint's load: this replica's snapshot plus every peer's queue and in-flight counts.
+
+    A worker is idle only when idle on every replica, since the most recent request any of them sent it.
+    """
+    if not peers:
+        return snap
+    now = snap.now
+    queued = snap.queued + sum(p.queued for p in peers)
+    oldest = snap.oldest_queued_at
+    for p in peers:
+        if p.queued:
+            at = now - p.oldest_wait
+            oldest = at if oldest is None else min(oldest, at)
+    extra: dict[str, tuple[int, float]] = {}
+    for p in peers:
+        for wid, in_flight, idle in p.workers:
+            busy, latest = extra.get(wid, (0, 0.0))
+            extra[wid] = (busy + in_flight, max(latest, now - idle))
+    workers = []
+    for w in snap.workers:
+        busy, latest = extra.get(w.id, (0, float("-inf")))
+        in_flight = w.in_flight + busy
+        idle_since = None if in_flight or w.idle_since is None else max(w.idle_since, latest)
+        workers.append(WorkerView(w.id, w.state, in_flight, w.since, idle_since, w.rank))
+    return Snapshot(now, tuple(workers), queued, oldest, snap.start_blocked_until, snap.pending_starts)

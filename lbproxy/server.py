@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from collections.abc import Mapping
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -26,6 +29,9 @@ from .policy import ScalingSettings
 from .pool import WorkerPool
 from .proxy import Proxy
 
+if TYPE_CHECKING:
+    from .backends.kubernetes import KubernetesBackend
+
 log = logging.getLogger("lbproxy")
 
 
@@ -40,6 +46,38 @@ def scaling_settings(config: Config) -> ScalingSettings:
         idle_timeout=config.timeouts.idle,
         init_timeout=config.timeouts.init,
     )
+
+
+LEASE_SECONDS = 6.0  # a dead leader is replaced within about this long
+RENEW_SECONDS = 4.0
+RETRY_SECONDS = 1.0
+
+
+def _lead(
+    config: Config, kube: KubernetesBackend, controller: Controller, environ: Mapping[str, str]
+) -> tuple[asyncio.Task[None], Callable[[], Awaitable[None]]]:
+    """Scale only while this replica holds the endpoint's Lease; every replica routes regardless."""
+    identity = environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    lease = f"lbproxy-{config.name}"
+    from .kube.peers import PeerLoads
+
+    selector = config.backend.proxy_selector
+    peers = PeerLoads(kube.client, selector, config.admin.port, environ.get("POD_IP")) if selector else None
+
+    async def on_lead() -> None:
+        poll = asyncio.create_task(peers.run()) if peers is not None else None
+        if peers is not None:
+            controller.peer_loads = peers.loads
+        try:
+            await controller.run(kube)
+        finally:
+            controller.peer_loads = tuple
+            if poll is not None:
+                poll.cancel()
+
+    task = asyncio.create_task(
+        kube.client.lead(lease, identity, on_lead, LEASE_SECONDS, RENEW_SECONDS, RETRY_SECONDS), name="leader")
+    return task, lambda: kube.client.release_lease(lease, identity)
 
 
 def _url(host: str, port: int) -> str:
@@ -68,7 +106,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
         if config.backend.type == "kubernetes":
             from .backends.kubernetes import KubernetesBackend  # needs the kubernetes extra
 
-            backend = kube = KubernetesBackend(config, controller)
+            kube = KubernetesBackend(config, controller)
+            backend = kube
             await kube.open()
         else:
             backend = LocalBackend(config, controller, environ)
@@ -97,7 +136,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    control = asyncio.create_task(controller.run(backend), name="controller")
+    release: Callable[[], Awaitable[None]] | None = None
+    if config.backend.type == "kubernetes" and config.backend.leader_election:
+        control, release = _lead(config, kube, controller, environ or os.environ)
+    else:
+        control = asyncio.create_task(controller.run(backend), name="controller")
     stopping = asyncio.create_task(stop.wait())
     exit_code = 0
     try:
@@ -117,6 +160,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
         control.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await control
+        if release is not None:
+            with contextlib.suppress(Exception):
+                await release()
         await proxy_runner.cleanup()  # stops accepting, waits for in-flight handlers (bounded)
         await controller.shutdown()
         await prober.close()

@@ -473,3 +473,32 @@ def test_decisions_respect_max_drain_only_idle_ready_workers_and_keep_active(
         assert d.start == 0
     if d.recheck_after is not None:
         assert d.recheck_after > 0 and math.isfinite(d.recheck_after)
+
+
+# -- several proxy replicas ------------------------------------------------------------------------
+
+from lbproxy.policy import PeerLoad, merge_peer_load  # noqa: E402
+
+
+def test_peer_queues_and_in_flight_add_to_the_leaders_snapshot() -> None:
+    s = Snapshot(now=100.0, workers=(WorkerView("a", WorkerState.READY, 1, 0.0, None),
+                                      WorkerView("b", WorkerState.READY, 0, 0.0, 90.0)),
+                 queued=1, oldest_queued_at=99.0)
+    merged = merge_peer_load(s, (PeerLoad(2, 5.0, (("a", 2, 0.0), ("b", 1, 0.0))),
+                                 PeerLoad(0, 0.0, (("b", 0, 3.0),))))
+    assert merged.queued == 3
+    assert merged.oldest_queued_at == 95.0  # the peer's request has waited longest
+    assert [(w.id, w.in_flight, w.idle_since) for w in merged.workers] == [("a", 3, None), ("b", 1, None)]
+
+
+def test_a_worker_is_idle_since_the_last_request_any_replica_sent() -> None:
+    s = Snapshot(now=100.0, workers=(WorkerView("b", WorkerState.READY, 0, 0.0, 80.0),))
+    merged = merge_peer_load(s, (PeerLoad(0, 0.0, (("b", 0, 4.0),)),))
+    assert merged.workers[0].idle_since == 96.0
+    d = decide(merged, cfg(idle_timeout=10.0))
+    assert d.drain == ()  # idle 20 s here, but only 4 s on the other replica
+
+
+def test_no_peers_changes_nothing() -> None:
+    s = Snapshot(now=1.0, workers=())
+    assert merge_peer_load(s, ()) is s

@@ -30,6 +30,9 @@ class WorkerEvents(Protocol):
     def worker_terminating(self, worker_id: str, reason: str) -> None:
         """The worker is being stopped by someone else (pod deleted, node drained): no new requests."""
 
+    def worker_draining(self, worker_id: str, draining: bool) -> None:
+        """The leading replica marked (or unmarked) the worker for scale-down."""
+
 
 class StartFailed(Exception):
     """The backend could not start a worker (bad command, no capacity). The message says why."""
@@ -44,6 +47,9 @@ class Backend(Protocol):
     async def stop_worker(self, worker_id: str) -> bool:
         """Stop a worker that no longer serves requests. False when another worker went instead (the
         Kubernetes ReplicaSet chose), so the controller can put this one back into rotation."""
+
+    async def mark_draining(self, worker_id: str, draining: bool) -> None:
+        """Tell every proxy replica to stop (or resume) routing to the worker. Raises StartFailed."""
 
     async def close(self) -> None:
         """Stop every worker (shutdown)."""

@@ -43,6 +43,7 @@ class _Pod:
     node: str = ""
     phase: str = "Pending"
     terminating: bool = False
+    draining: bool = False
     unschedulable_since: float | None = None
     reason: str = ""
 
@@ -211,6 +212,17 @@ class KubernetesBackend:
                     pool.name)
         return False
 
+    async def mark_draining(self, worker_id: str, draining: bool) -> None:
+        try:
+            await self.client.annotate_pod(
+                worker_id, {manifests.DRAINING_ANNOTATION: str(int(time.time())) if draining else None})
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise StartFailed(f"annotating pod {worker_id}: {_short(exc)}") from exc
+        except Exception as exc:
+            raise StartFailed(f"annotating pod {worker_id}: {_short(exc)}") from exc
+
     # -- GPU category fallback -------------------------------------------------------------------
 
     async def _fallback_loop(self) -> None:
@@ -328,6 +340,10 @@ class KubernetesBackend:
             self.events.worker_address(name, ip)
             if self._flashboot and pod.node:
                 self._spawn_label(pod.node)
+        draining = manifests.DRAINING_ANNOTATION in (meta.get("annotations") or {})
+        if draining != pod.draining:
+            pod.draining = draining
+            self.events.worker_draining(name, draining)
         if terminating and not pod.terminating:
             pod.terminating = True
             self.events.worker_terminating(name, "pod is terminating")

@@ -146,6 +146,9 @@ class LocalBackend:
             await asyncio.shield(p.tasks[1])
         return True
 
+    async def mark_draining(self, worker_id: str, draining: bool) -> None:
+        return None  # one proxy: the pool's own DRAINING state is the whole story
+
     async def close(self) -> None:
         await asyncio.gather(*(self.stop_worker(wid) for wid in list(self._processes)))
 

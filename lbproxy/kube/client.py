@@ -6,16 +6,22 @@ run against any HTTP server that speaks the API.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from kubernetes.aio import client, config, watch
 from kubernetes.aio.client.exceptions import ApiException
+from kubernetes.aio.leaderelection import electionconfig, leaderelection
+from kubernetes.aio.leaderelection.resourcelock.leaselock import LeaseLock
 
 __all__ = ["ApiException", "KubeClient", "is_unreachable"]
+
+log = logging.getLogger("lbproxy.leader")
 
 _MERGE_PATCH = "application/merge-patch+json"  # RFC 7386: null deletes a key; no list-merge surprises
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -57,6 +63,7 @@ class KubeClient:
         # Typed as Any: the generated signatures want model objects, lbproxy passes plain dicts (accepted).
         self.apps: Any = client.AppsV1Api(self.api)
         self.core: Any = client.CoreV1Api(self.api)
+        self.coordination: Any = client.CoordinationV1Api(self.api)
 
     async def close(self) -> None:
         if self.api is not None:
@@ -137,6 +144,57 @@ class KubeClient:
     async def label_node(self, node: str, labels: dict[str, str | None]) -> None:
         await self._raw(self.core.patch_node_without_preload_content(
             node, {"metadata": {"labels": labels}}, _content_type=_MERGE_PATCH))
+
+    # -- leader election -----------------------------------------------------------------------
+
+    async def lead(self, lease: str, identity: str, on_lead: Callable[[], Awaitable[None]],
+                   duration: float, renew: float, retry: float) -> None:
+        """Run ``on_lead()`` whenever this replica holds the Lease; cancel it the moment the Lease is lost.
+
+        The library's LeaderElection returns (or raises, when the API is unreachable) on loss; then this
+        replica is a follower again and campaigns anew.
+        """
+        while True:
+            leading: list[asyncio.Task[None]] = []
+
+            async def started(leading: list[asyncio.Task[None]] = leading) -> None:
+                task = asyncio.current_task()
+                assert task is not None
+                leading.append(task)
+                log.info("%s leads endpoint scaling (lease %s)", identity, lease)
+                await on_lead()
+
+            async def stopped() -> None:
+                return None  # the loop below cancels the leading task
+
+            assert self.api is not None
+            lock = LeaseLock(lease, self.namespace, identity, self.api)
+            election = leaderelection.LeaderElection(electionconfig.Config(
+                lock, lease_duration=duration, renew_deadline=renew, retry_period=retry,
+                onstarted_leading=started, onstopped_leading=stopped))
+            try:
+                await election.run()
+            except asyncio.CancelledError:
+                for task in leading:
+                    task.cancel()
+                raise
+            except Exception as exc:
+                log.warning("leader election interrupted: %s", exc)
+            for task in leading:
+                if not task.done():
+                    log.warning("%s lost the lease: stops scaling", identity)
+                    task.cancel()
+            await asyncio.gather(*leading, return_exceptions=True)
+            await asyncio.sleep(retry)
+
+    async def release_lease(self, lease: str, identity: str) -> None:
+        """Give the Lease up at shutdown so that another replica takes over at once, not after it expires."""
+        current = await self._raw(self.coordination.read_namespaced_lease_without_preload_content(
+            lease, self.namespace))
+        if (current.get("spec") or {}).get("holderIdentity") != identity:
+            return
+        await self._raw(self.coordination.patch_namespaced_lease_without_preload_content(
+            lease, self.namespace, {"spec": {"holderIdentity": None}}, _content_type=_MERGE_PATCH))
 
     @staticmethod
     async def _raw(call: Any) -> dict[str, Any]:
