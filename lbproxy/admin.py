@@ -28,6 +28,7 @@ class Admin:
         metrics_render: Callable[[], bytes],
         describe: Callable[[str], dict[str, object]],
         notices: list[str],
+        backend_status: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
@@ -35,6 +36,7 @@ class Admin:
         self.metrics_render = metrics_render
         self.describe = describe
         self.notices = notices
+        self.backend_status = backend_status
         self.stopping = False
         self.started = time.time()
 
@@ -82,7 +84,8 @@ class Admin:
         return {
             "endpoint": self.config.name,
             "version": __version__,
-            "backend": self.config.backend.type,
+            "backend": {"type": self.config.backend.type,
+                        **(self.backend_status() if self.backend_status is not None else {})},
             "uptime_seconds": round(time.time() - self.started, 1),
             "stopping": self.stopping,
             "workers": [

@@ -48,9 +48,9 @@ def scaling_settings(config: Config) -> ScalingSettings:
     )
 
 
-LEASE_SECONDS = 6.0  # a dead leader is replaced within about this long
-RENEW_SECONDS = 4.0
-RETRY_SECONDS = 1.0
+LEASE_SECONDS = 6  # a dead leader is replaced within about this long (whole seconds: the Lease's unit)
+RENEW_SECONDS = 4
+RETRY_SECONDS = 1
 
 
 def _lead(
@@ -108,7 +108,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
 
             kube = KubernetesBackend(config, controller)
             backend = kube
-            await kube.open()
+            try:
+                await kube.open()
+            except BaseException:
+                await kube.close()
+                raise
         else:
             backend = LocalBackend(config, controller, environ)
     except StartFailed as exc:
@@ -121,7 +125,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     if not proxy.keys.enabled:
         log.warning("auth.api_keys is empty: the endpoint is open to anyone who can reach %s:%d",
                     config.listen.host, config.listen.port)
-    admin = Admin(config, pool, controller, metrics.render, backend.describe, all_notices)
+    admin = Admin(config, pool, controller, metrics.render, backend.describe, all_notices,
+                  getattr(backend, "status", None))
     metrics.watch(admin.counts_by_state)
 
     app = web.Application()

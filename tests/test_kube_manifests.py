@@ -55,7 +55,7 @@ def test_gpu_limit_ports_env_probe_and_graceful_stop():
     [dep, svc] = manifests.render(c)
     pod = dep["spec"]["template"]["spec"]
     [ctr] = pod["containers"]
-    assert ctr["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert ctr["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert [(p["name"], p["containerPort"]) for p in ctr["ports"]] == [("http", 8000), ("health", 8001),
                                                                         ("expose-9000", 9000)]
     env = {e["name"]: e.get("value") for e in ctr["env"]}
@@ -115,7 +115,7 @@ def test_tolerations_pull_secrets_and_resources_pass_through():
     pod = manifests.render(c)[0]["spec"]["template"]["spec"]
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
-    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "2"}, "limits": {"nvidia.com/gpu": 1}}
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "2"}, "limits": {"nvidia.com/gpu": "1"}}
 
 
 def test_template_hash_changes_with_the_pod_template_only():

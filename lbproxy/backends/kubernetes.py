@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -261,12 +262,15 @@ class KubernetesBackend:
                 if version is None:
                     items, version = await self.client.list_pods(self.selector)
                     self._reconcile(items)
+                    if not self.api_ok:
+                        log.info("Kubernetes API reachable: %d worker pod(s)", len(self.pods))
                     self.api_ok = True
+                    delay = 0.5
                 async for kind, obj in self.client.watch_pods(self.selector, version):
                     version = obj.get("metadata", {}).get("resourceVersion", version)
                     if kind != "BOOKMARK":
                         self._on_pod(kind, obj)
-                delay = 0.5
+                continue  # the server closed the watch after its timeout: resume from the last version
             except asyncio.CancelledError:
                 raise
             except ApiException as exc:
@@ -275,12 +279,12 @@ class KubernetesBackend:
                     version = None
                     continue
                 self._api_trouble(exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
             except Exception as exc:
                 self._api_trouble(exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
+            # Re-list after any failure: it catches what changed while the API was away (deletions too).
+            version = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
 
     def _api_trouble(self, exc: BaseException, delay: float) -> None:
         if self.api_ok:
@@ -371,6 +375,20 @@ class KubernetesBackend:
                 log.warning("flashboot: labelling node %s failed: %s", node, _short(exc))
         except Exception as exc:
             log.warning("flashboot: labelling node %s failed: %s", node, _short(exc))
+
+    def status(self) -> dict[str, object]:
+        """Pools, replicas and fallback blocks for /status."""
+        now = self.clock()
+        return {
+            "namespace": self.client.namespace,
+            "api_reachable": self.api_ok,
+            "pools": [{"deployment": p.name, "gpu_category": p.label, "rank": p.rank,
+                       "replicas": self.replicas[p.name],
+                       # rounded up: 0 must mean the block is over, not "less than 50 ms left"
+                       "blocked_for_seconds": math.ceil(max(0.0, self.blocked_until.get(p.name, 0.0) - now) * 10)
+                       / 10}
+                      for p in self.pools],
+        }
 
     def describe(self, worker_id: str) -> dict[str, object]:
         pod = self.pods.get(worker_id)

@@ -23,8 +23,23 @@ __all__ = ["ApiException", "KubeClient", "is_unreachable"]
 
 log = logging.getLogger("lbproxy.leader")
 
+REQUEST_TIMEOUT = 10.0
 _MERGE_PATCH = "application/merge-patch+json"  # RFC 7386: null deletes a key; no list-merge surprises
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class _LeaseLock(LeaseLock):
+    """LeaseLock whose create works: kubernetes 37.0.2 passes ``pretty=True`` there, which its own generated
+    API rejects (it validates ``pretty`` as a string), so no replica could ever create the Lease."""
+
+    async def create(self, name: str, namespace: str, election_record: Any) -> bool:
+        body = client.V1Lease(metadata=client.V1ObjectMeta(name=name), spec=self.update_lease(election_record))
+        try:
+            await self.api_instance.create_namespaced_lease(namespace, body)
+        except ApiException as exc:
+            log.warning("creating the leader Lease %s failed: %s %s", name, exc.status, exc.reason)
+            return False
+        return True
 
 
 def _service_account_namespace() -> str:
@@ -148,7 +163,7 @@ class KubeClient:
     # -- leader election -----------------------------------------------------------------------
 
     async def lead(self, lease: str, identity: str, on_lead: Callable[[], Awaitable[None]],
-                   duration: float, renew: float, retry: float) -> None:
+                   duration: int, renew: int, retry: int) -> None:
         """Run ``on_lead()`` whenever this replica holds the Lease; cancel it the moment the Lease is lost.
 
         The library's LeaderElection returns (or raises, when the API is unreachable) on loss; then this
@@ -168,7 +183,7 @@ class KubeClient:
                 return None  # the loop below cancels the leading task
 
             assert self.api is not None
-            lock = LeaseLock(lease, self.namespace, identity, self.api)
+            lock = _LeaseLock(lease, self.namespace, identity, self.api)
             election = leaderelection.LeaderElection(electionconfig.Config(
                 lock, lease_duration=duration, renew_deadline=renew, retry_period=retry,
                 onstarted_leading=started, onstopped_leading=stopped))
@@ -199,11 +214,12 @@ class KubeClient:
     @staticmethod
     async def _raw(call: Any) -> dict[str, Any]:
         """The response body as a dict; a non-2xx status raises ApiException like the typed calls do."""
-        resp = await call
-        try:
-            raw = await resp.read()
-        finally:
-            resp.response.release()
+        async with asyncio.timeout(REQUEST_TIMEOUT):  # a hung API server must not hang scaling or shutdown
+            resp = await call  # the aiohttp response itself (kubernetes.aio's *_without_preload_content)
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
         if not 200 <= resp.status < 300:
             raise ApiException(status=resp.status, reason=resp.reason, body=raw.decode("utf-8", "replace"))
         data: dict[str, Any] = json.loads(raw) if raw else {}

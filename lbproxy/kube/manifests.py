@@ -88,11 +88,12 @@ def _container(config: Config) -> dict[str, Any]:
     for p in config.expose_ports:
         if p.port not in (w.port, health_port):  # already declared above
             ports.append({"name": f"expose-{p.port}", "containerPort": p.port, "protocol": "TCP"})
-    resources: dict[str, dict[str, Any]] = {
-        kind: dict(values) for kind, values in config.backend.worker_resources.items()
+    # Quantities are strings in the API ("2", "500m", "32Gi").
+    resources: dict[str, dict[str, str]] = {
+        kind: {k: str(v) for k, v in values.items()} for kind, values in config.backend.worker_resources.items()
     }
     if config.workers.gpus:
-        resources.setdefault("limits", {})["nvidia.com/gpu"] = config.workers.gpus
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = str(config.workers.gpus)
     container: dict[str, Any] = {
         "name": "worker",
         "image": w.image,

@@ -1,0 +1,1 @@
+"""A stateful Kubernetes API server emulator that the real ``kubernetes.aio`` client talks to over loopback HTTP."""
