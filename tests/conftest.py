@@ -121,6 +121,38 @@ def base_config(**overrides: Any) -> dict[str, Any]:
     return deep_merge(cfg, overrides)
 
 
+async def launch(cfg: dict[str, Any], directory: Path, env: dict[str, str] | None = None) -> Endpoint:
+    """Write ``cfg``, start ``lbproxy serve`` on it, and wait until its admin port answers /healthz."""
+    n = len(list(directory.glob("lbproxy-*.yaml")))
+    path = directory / f"lbproxy-{n}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log_path = directory / f"lbproxy-{n}.log"
+    proc_env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "LBPROXY_", "KUBERNETES_"))}
+    proc_env.update(env or {})
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lbproxy", "serve", str(path), "--log-level", "debug"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=proc_env, cwd=ROOT, start_new_session=True,
+        )
+    ep = Endpoint(proc, f"http://{cfg['listen']}", f"http://{cfg['admin']}", cfg, log_path)
+
+    async def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"lbproxy exited with {proc.returncode}:\n{ep.log()}")
+        try:
+            async with httpx.AsyncClient() as c:
+                return (await c.get(ep.admin + "/healthz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        await until(up, 20, "lbproxy admin /healthz")
+    except BaseException:
+        ep.terminate()
+        raise
+    return ep
+
+
 @pytest.fixture
 def start_endpoint(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """``await start_endpoint(workers={"max": 3}, ...)`` starts lbproxy with the echo worker; always cleaned up.
@@ -130,30 +162,8 @@ def start_endpoint(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     started: list[Endpoint] = []
 
     async def start(env: dict[str, str] | None = None, **overrides: Any) -> Endpoint:
-        cfg = base_config(**overrides)
-        path = tmp_path / f"lbproxy-{len(started)}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        log_path = tmp_path / f"lbproxy-{len(started)}.log"
-        proc_env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "LBPROXY_"))}
-        proc_env.update(env or {})
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "lbproxy", "serve", str(path), "--log-level", "debug"],
-                stdout=log_file, stderr=subprocess.STDOUT, env=proc_env, cwd=ROOT, start_new_session=True,
-            )
-        ep = Endpoint(proc, f"http://{cfg['listen']}", f"http://{cfg['admin']}", cfg, log_path)
+        ep = await launch(base_config(**overrides), tmp_path, env)
         started.append(ep)
-
-        async def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"lbproxy exited with {proc.returncode}:\n{ep.log()}")
-            try:
-                async with httpx.AsyncClient() as c:
-                    return (await c.get(ep.admin + "/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await until(up, 20, "lbproxy admin /healthz")
         return ep
 
     yield start

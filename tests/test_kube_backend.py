@@ -7,19 +7,15 @@ worker per pod on its own loopback address, so requests really travel proxy -> p
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from .conftest import ROOT, Endpoint, base_config, free_port, until
+from .conftest import Endpoint, base_config, free_port, launch, until
 
 kube = pytest.importorskip("tests.kube.emulator")  # the emulator lives beside the kubelet
 from .kube.kubelet import Kubelet  # noqa: E402
@@ -49,29 +45,8 @@ async def serve_k8s(tmp_path: Path, emulator: Any) -> AsyncIterator[Callable[...
         cfg["backend"] = {"type": "kubernetes", "kubeconfig": str(kubeconfig), "namespace": NS,
                           **overrides.get("backend", {})}
         cfg.setdefault("workers", {}).setdefault("gpus", 1)
-        n = len(started)
-        path = tmp_path / f"lbproxy-{n}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        log_path = tmp_path / f"lbproxy-{n}.log"
-        proc_env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "LBPROXY_", "KUBERNETES_"))}
-        proc_env.update(env or {})
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "lbproxy", "serve", str(path), "--log-level", "debug"],
-                stdout=log_file, stderr=subprocess.STDOUT, env=proc_env, cwd=ROOT, start_new_session=True)
-        ep = Endpoint(proc, f"http://{cfg['listen']}", f"http://{cfg['admin']}", cfg, log_path)
+        ep = await launch(cfg, tmp_path, env)
         started.append(ep)
-
-        async def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"lbproxy exited with {proc.returncode}:\n{ep.log()}")
-            try:
-                async with httpx.AsyncClient() as c:
-                    return (await c.get(ep.admin + "/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await until(up, 20, "lbproxy admin /healthz")
         return ep
 
     yield start
