@@ -8,53 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from .conftest import Endpoint, base_config, free_port, launch, until
-
-kube = pytest.importorskip("tests.kube.emulator")  # the emulator lives beside the kubelet
-from .kube.kubelet import Kubelet  # noqa: E402
+from ..conftest import Endpoint, until
+from .kubelet import Kubelet
 
 pytestmark = pytest.mark.slow
 NS = "default"
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[Any]:
-    emu = kube.KubeEmulator()
-    await emu.start()
-    yield emu
-    await emu.stop()
-
-
-@pytest.fixture
-async def serve_k8s(tmp_path: Path, emulator: Any) -> AsyncIterator[Callable[..., Any]]:
-    """Start ``lbproxy serve`` against the emulator; stopped (SIGTERM, exit 0) while the emulator still runs."""
-    kubeconfig = emulator.kubeconfig(tmp_path / "kubeconfig")
-    started: list[Endpoint] = []
-    worker_port = free_port()
-
-    async def start(env: dict[str, str] | None = None, **overrides: Any) -> Endpoint:
-        cfg = base_config(**overrides)
-        cfg["worker"] = {"image": "echo:1", "port": worker_port, **overrides.get("worker", {})}
-        cfg["backend"] = {"type": "kubernetes", "kubeconfig": str(kubeconfig), "namespace": NS,
-                          **overrides.get("backend", {})}
-        cfg.setdefault("workers", {}).setdefault("gpus", 1)
-        ep = await launch(cfg, tmp_path, env)
-        started.append(ep)
-        return ep
-
-    yield start
-    for ep in started:
-        if ep.proc.poll() is None:
-            ep.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(ep.proc.wait, 30)
-        assert code in (0, -9), f"lbproxy exited with {code}\n{ep.log()[-3000:]}"
 
 
 def deployment(emulator: Any, name: str) -> dict[str, Any]:
