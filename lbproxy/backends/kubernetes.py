@@ -197,11 +197,12 @@ class KubernetesBackend:
         await self._scale(pool.name, max(0, self.replicas[pool.name] - 1))
         # The ReplicaSet ranks unscheduled and not-ready pods before a low deletion cost: verify its choice.
         deadline = self.clock() + STOP_VERIFY_SECONDS
-        others = {n for n, p in self.pods.items() if p.pool == pod.pool and p.terminating}
+        # Pods that could go instead; an unscheduled one is deleted outright, a running one terminates first.
+        others = {n for n, p in self.pods.items() if p.pool == pod.pool and not p.terminating and n != worker_id}
         while self.clock() < deadline:
             if worker_id not in self.pods or self.pods[worker_id].terminating:
                 return True
-            went = {n for n, p in self.pods.items() if p.pool == pod.pool and p.terminating} - others
+            went = {n for n in others if n not in self.pods or self.pods[n].terminating}
             if went:
                 log.warning("ReplicaSet stopped pod %s instead of %s; keeping %s", ", ".join(sorted(went)),
                             worker_id, worker_id)

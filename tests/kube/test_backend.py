@@ -139,3 +139,24 @@ async def test_api_outage_keeps_routing_and_recovers(serve_k8s, emulator, client
 
 async def _api_reachable(ep: Endpoint) -> bool:
     return bool((await ep.status())["backend"]["api_reachable"])
+
+
+async def test_when_the_replicaset_removes_another_pod_the_drained_worker_serves_again(serve_k8s, emulator, client):
+    async with Kubelet(emulator) as kubelet:
+        ep = await serve_k8s(workers={"max": 2, "concurrency": 1}, scaling={"queue_delay": "0s"},
+                             timeouts={"idle": "1s"})
+        [first] = await _serve_once(ep, client)
+        kubelet.full_pools.add("any")  # the next pod stays Pending/Unschedulable
+        rs = await asyncio.gather(*(client.get(ep.url + "/sleep?s=0.5") for _ in range(2)))
+        assert {r.headers["x-lbproxy-worker-id"] for r in rs} == {first}
+        # The idle ready worker is the victim, but the ReplicaSet removes the unscheduled pod first.
+        await until(lambda: "instead of " + first in ep.log(), 20, "the ReplicaSet to pick the pending pod")
+        ws = await ep.wait_workers(lambda ws: [w["id"] for w in ws] == [first], "only the kept worker", 10)
+        assert ws[0]["state"] == "ready"  # back in rotation, its pod untouched
+        assert emulator.get("pods", NS, first)["metadata"].get("deletionTimestamp") is None
+
+
+async def _serve_once(ep: Endpoint, client: httpx.AsyncClient) -> list[str]:
+    r = await client.get(ep.url + "/echo")
+    assert r.status_code == 200
+    return [r.headers["x-lbproxy-worker-id"]]
