@@ -237,7 +237,10 @@ async def test_worker_killed_mid_request_gives_502_and_the_endpoint_recovers(sta
     os.kill(w["pid"], signal.SIGKILL)
     r = await slow
     assert r.status_code == 502 and error_of(r) == "worker_failed"
-    # A replacement starts (below workers.active) and serves the next request.
+    assert r.headers["x-lbproxy-worker-id"] == w["id"]
+    # A replacement starts (below workers.active) and serves the next request once the exit is noticed
+    # (a request sent into the dying worker's accept queue meanwhile would rightly get 502 too).
+    await ep.wait_workers(lambda ws: all(x["id"] != w["id"] for x in ws), "lbproxy to notice the exit")
     r = await client.get(ep.url + "/echo")
     assert r.status_code == 200 and r.headers["x-lbproxy-worker-id"] != w["id"]
     assert "exited unexpectedly" in ep.log()
