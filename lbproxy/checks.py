@@ -26,6 +26,7 @@ _KUBERNETES_ONLY = {
     "placement.model": "only the kubernetes backend prefers nodes that cache a model",
     "expose_ports": "only the kubernetes backend exposes worker ports directly",
     "worker.image": "the local backend runs worker.command, not a container image",
+    "worker.args": "the local backend runs worker.command; put the arguments there",
     "backend.namespace": "only the kubernetes backend runs in a namespace",
     "backend.kubeconfig": "only the kubernetes backend talks to a cluster",
     "backend.node_labels": "only the kubernetes backend matches node labels",

@@ -441,6 +441,8 @@ class WorkerSettings(_Settings):
     """`local`: the argv that starts one worker (a string is split with shlex)."""
     image: _Text | None = None
     """`kubernetes`: the container image."""
+    args: Annotated[tuple[str, ...], BeforeValidator(_command)] = ()
+    """`kubernetes`: the container's arguments (e.g. vLLM's `--model ...`); the image's entrypoint runs them."""
     port: _Port = 80
     health_port: _Port | None = None
     """Where GET health_path is served; filled with `port` when not set apart."""

@@ -17,6 +17,7 @@ WORKERS = "lbproxy_workers"
 COLD_START_SECONDS = "lbproxy_cold_start_seconds"
 SCALE_EVENTS = "lbproxy_scale_events"
 WORKER_EXITS = "lbproxy_worker_exits"
+LEADER = "lbproxy_leader"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _COLD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -25,9 +26,11 @@ _COLD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 class _LiveGauges(Collector):
     """Gauges read from the pool at scrape time, so the hot path never updates them."""
 
-    def __init__(self, endpoint: str, read: Callable[[], tuple[int, int, dict[str, int]]]) -> None:
+    def __init__(self, endpoint: str, read: Callable[[], tuple[int, int, dict[str, int]]],
+                 leading: Callable[[], bool]) -> None:
         self.endpoint = endpoint
         self.read = read
+        self.leading = leading
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         queued, in_flight, by_state = self.read()
@@ -38,7 +41,10 @@ class _LiveGauges(Collector):
         w = GaugeMetricFamily(WORKERS, "Workers by state.", labels=["endpoint", "state"])
         for state, n in by_state.items():
             w.add_metric([self.endpoint, state], n)
-        return [q, f, w]
+        lead = GaugeMetricFamily(LEADER, "1 on the replica that scales the endpoint (the Lease holder).",
+                                 labels=["endpoint"])
+        lead.add_metric([self.endpoint], 1 if self.leading() else 0)
+        return [q, f, w, lead]
 
 
 class Metrics:
@@ -64,8 +70,8 @@ class Metrics:
         self._latency = self.request_seconds.labels(endpoint)
         self._wait = self.queue_wait.labels(endpoint)
 
-    def watch(self, read: Callable[[], tuple[int, int, dict[str, int]]]) -> None:
-        self.registry.register(_LiveGauges(self.endpoint, read))
+    def watch(self, read: Callable[[], tuple[int, int, dict[str, int]]], leading: Callable[[], bool]) -> None:
+        self.registry.register(_LiveGauges(self.endpoint, read, leading))
 
     def observe_request(self, status: int, seconds: float) -> None:
         child = self._code_counters.get(status)

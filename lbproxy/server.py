@@ -127,7 +127,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
                     config.listen.host, config.listen.port)
     admin = Admin(config, pool, controller, metrics.render, backend.describe, all_notices,
                   getattr(backend, "status", None))
-    metrics.watch(admin.counts_by_state)
+    metrics.watch(admin.counts_by_state, lambda: controller.leading)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", proxy.handle)

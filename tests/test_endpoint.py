@@ -358,6 +358,7 @@ async def test_status_and_metrics_describe_the_endpoint(start_endpoint, client):
         assert name in metrics, name
     assert 'lbproxy_requests_total{code="200",endpoint="test"} 1.0' in metrics
     assert 'lbproxy_workers{endpoint="test",state="ready"} 1.0' in metrics
+    assert 'lbproxy_leader{endpoint="test"} 1.0' in metrics  # a single local proxy always scales
 
 
 async def test_sigterm_finishes_in_flight_requests_and_stops_every_worker(start_endpoint, client):

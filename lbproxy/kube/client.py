@@ -62,7 +62,8 @@ class KubeClient:
 
     def __init__(self) -> None:
         self.api: client.ApiClient | None = None
-        self.namespace = "default"
+        self.namespace = "default"  # where the workers run
+        self.own_namespace = "default"  # where this proxy runs: its Lease and its peers live here
 
     async def open(self, kubeconfig: str | None, namespace: str | None) -> None:
         configuration = client.Configuration()
@@ -74,6 +75,7 @@ class KubeClient:
             _, active = config.list_kube_config_contexts(kubeconfig)
             default_ns = (active or {}).get("context", {}).get("namespace", "default")
         self.namespace = namespace or default_ns
+        self.own_namespace = os.environ.get("POD_NAMESPACE") or default_ns
         self.api = client.ApiClient(configuration)
         # Typed as Any: the generated signatures want model objects, lbproxy passes plain dicts (accepted).
         self.apps: Any = client.AppsV1Api(self.api)
@@ -135,9 +137,9 @@ class KubeClient:
 
     # -- pods ----------------------------------------------------------------------------------
 
-    async def list_pods(self, selector: str) -> tuple[list[dict[str, Any]], str]:
+    async def list_pods(self, selector: str, namespace: str | None = None) -> tuple[list[dict[str, Any]], str]:
         body = await self._raw(self.core.list_namespaced_pod_without_preload_content(
-            self.namespace, label_selector=selector))
+            namespace or self.namespace, label_selector=selector))
         return body.get("items", []), body["metadata"]["resourceVersion"]
 
     async def watch_pods(self, selector: str, resource_version: str,
@@ -183,7 +185,7 @@ class KubeClient:
                 return None  # the loop below cancels the leading task
 
             assert self.api is not None
-            lock = _LeaseLock(lease, self.namespace, identity, self.api)
+            lock = _LeaseLock(lease, self.own_namespace, identity, self.api)
             election = leaderelection.LeaderElection(electionconfig.Config(
                 lock, lease_duration=duration, renew_deadline=renew, retry_period=retry,
                 onstarted_leading=started, onstopped_leading=stopped))
@@ -205,11 +207,11 @@ class KubeClient:
     async def release_lease(self, lease: str, identity: str) -> None:
         """Give the Lease up at shutdown so that another replica takes over at once, not after it expires."""
         current = await self._raw(self.coordination.read_namespaced_lease_without_preload_content(
-            lease, self.namespace))
+            lease, self.own_namespace))
         if (current.get("spec") or {}).get("holderIdentity") != identity:
             return
         await self._raw(self.coordination.patch_namespaced_lease_without_preload_content(
-            lease, self.namespace, {"spec": {"holderIdentity": None}}, _content_type=_MERGE_PATCH))
+            lease, self.own_namespace, {"spec": {"holderIdentity": None}}, _content_type=_MERGE_PATCH))
 
     @staticmethod
     async def _raw(call: Any) -> dict[str, Any]:

@@ -97,6 +97,7 @@ def _container(config: Config) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "worker",
         "image": w.image,
+        **({"args": list(w.args)} if w.args else {}),
         "env": env,
         "ports": ports,
         # Readiness only: lbproxy probes /ping itself and replaces workers; a liveness probe would restart a

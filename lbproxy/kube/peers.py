@@ -40,7 +40,7 @@ class PeerLoads:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
             while True:
                 try:
-                    pods, _ = await self.client.list_pods(self.selector)
+                    pods, _ = await self.client.list_pods(self.selector, self.client.own_namespace)
                 except Exception as exc:  # the API may be down: keep the last answers until they go stale
                     log.debug("listing proxy replicas failed: %s", exc)
                     pods = []
