@@ -596,6 +596,7 @@ def test_proxy_deployment_fits_what_lbproxy_does_on_kubernetes(default_docs):
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["LBPROXY_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "my-endpoint-proxy-api-keys",
                                                                      "key": "api-keys"}
     assert spec["serviceAccountName"] == "my-endpoint-proxy"
