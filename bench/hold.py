@@ -70,7 +70,7 @@ async def _open_ws(host: str, port: int, path: str) -> asyncio.StreamWriter:
     return writer
 
 
-async def hold(host: str, port: int, kind: str, count: int, path: str, timeout: float) -> int:
+async def hold(host: str, port: int, kind: str, count: int, path: str, connect_timeout: float) -> int:
     opener = _open_ws if kind == "ws" else _open_idle
     gate = asyncio.Semaphore(OPEN_AT_ONCE)
     writers: list[asyncio.StreamWriter] = []
@@ -79,7 +79,7 @@ async def hold(host: str, port: int, kind: str, count: int, path: str, timeout: 
     async def one() -> None:
         async with gate:
             try:
-                writers.append(await asyncio.wait_for(opener(host, port, path), timeout))
+                writers.append(await asyncio.wait_for(opener(host, port, path), connect_timeout))
             except (OSError, RuntimeError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                     TimeoutError, ValueError) as exc:
                 errors[f"{type(exc).__name__}: {exc}"[:120]] += 1

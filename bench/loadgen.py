@@ -18,7 +18,6 @@ import asyncio
 import json
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,18 +68,6 @@ def parse_output(tool: str, stdout: str) -> dict[str, Any]:
     raise RuntimeError(f"{tool} printed no result line; its output was:\n{stdout[-2000:]}")
 
 
-def run_load(command: list[str], tool: str, start: Any, duration: float) -> dict[str, Any]:
-    """Run one load command through ``start`` (``Processes.start`` with the loadgen core) and parse it."""
-    proc = start(command, stdout=subprocess.PIPE)
-    try:
-        out, _ = proc.communicate(timeout=duration + 60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        raise RuntimeError(f"{tool} did not finish within {duration + 60:g}s") from None
-    return parse_output(tool, out.decode("utf-8", "replace"))
-
-
 # -- the Python load generator ---------------------------------------------------------------------
 
 
@@ -122,16 +109,16 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int, bool]:
     return status, size, close
 
 
-async def _client(host: str, port: int, request: bytes, deadline: float, timeout: float, stats: _Stats) -> None:
+async def _client(host: str, port: int, request: bytes, deadline: float, request_timeout: float, stats: _Stats) -> None:
     writer: asyncio.StreamWriter | None = None
     clock = time.perf_counter
     while time.monotonic() < deadline:
         try:
             if writer is None:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), request_timeout)
             started = clock()
             writer.write(request)
-            status, size, close = await asyncio.wait_for(_read_response(reader), timeout)
+            status, size, close = await asyncio.wait_for(_read_response(reader), request_timeout)
             stats.latencies.append(clock() - started)
             stats.bytes += size
             if not 200 <= status < 400:
@@ -155,7 +142,7 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def generate(url: str, connections: int, duration: float, timeout: float) -> dict[str, Any]:
+async def generate(url: str, connections: int, duration: float, request_timeout: float) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -163,7 +150,7 @@ async def generate(url: str, connections: int, duration: float, timeout: float) 
     stats = _Stats()
     started = time.monotonic()
     deadline = started + duration
-    await asyncio.gather(*(_client(host, port, request, deadline, timeout, stats) for _ in range(connections)))
+    await asyncio.gather(*(_client(host, port, request, deadline, request_timeout, stats) for _ in range(connections)))
     seconds = time.monotonic() - started
     ordered = sorted(stats.latencies)
     return {

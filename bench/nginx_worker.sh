@@ -23,17 +23,22 @@ if [[ -n "${BENCH_TMP:-}" ]]; then
 else
   dir="$(mktemp -d -t lbproxy-bench-worker.XXXXXX)"
 fi
-# nginx's worker process drops to user nobody when started as root: it must be able to read the files.
-chmod 755 "$dir"
 mkdir -p "$dir/www" "$dir/tmp"
 head -c 65536 /dev/zero | tr '\0' 'x' >"$dir/www/64k"
 head -c 1048576 /dev/zero | tr '\0' 'x' >"$dir/www/1m"
-chmod -R a+rX "$dir/www"
+# Started as root, nginx's worker process would drop to user nobody, which may not reach a private BENCH_TMP:
+# keep the starting user (a benchmark on loopback, not a public server).
+user_line=""
+if [[ "$(id -u)" == 0 ]]; then
+  user_line="user $(id -un) $(id -gn);"
+fi
 
 # Never ask for more descriptors than the hard limit allows (nginx logs an alert and goes on otherwise).
 nofile="$(ulimit -Hn)"
 [[ "$nofile" == unlimited || "$nofile" -gt 70000 ]] && nofile=70000
-connections=$(( nofile > 1024 ? nofile - 64 : 960 ))
+# nginx starts closing fresh connections once fewer than 1/16 of worker_connections are free: leave that
+# margin above the descriptor limit, so that the descriptors are what binds.
+connections=$(( nofile + nofile / 15 + 64 ))
 
 health_listen=""
 if [[ "$PORT_HEALTH" != "$PORT" ]]; then
@@ -41,6 +46,7 @@ if [[ "$PORT_HEALTH" != "$PORT" ]]; then
 fi
 
 cat >"$dir/nginx.conf" <<EOF
+$user_line
 worker_processes 1;
 worker_rlimit_nofile $nofile;
 pid $dir/nginx.pid;

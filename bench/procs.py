@@ -48,8 +48,8 @@ def raise_nofile(want: int) -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0))
+def usable_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -110,6 +110,85 @@ def rss_kib(pids: Iterable[int]) -> int:
     return total
 
 
+def open_fds(pids: Iterable[int]) -> int:
+    """Open file descriptors summed over ``pids`` (sockets included)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+    return total
+
+
+def wait_fds(pids: Sequence[int], at_most: int, timeout: float) -> bool:
+    """Wait until ``pids`` hold at most ``at_most`` descriptors (closed connections really released)."""
+    deadline = time.monotonic() + timeout
+    while open_fds(pids) > at_most:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat.
+
+    Interrupt time (irq, softirq) is left out: the kernel charges it to no process, and on loopback it is the
+    bench's own packets.
+    """
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system) / _HZ, steal / _HZ
+
+
+def _cpu_by_pid(pids: Iterable[int]) -> dict[int, int]:
+    out = {}
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            out[pid] = int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return out
+
+
+def _kernel_threads() -> list[int]:
+    """Children of kthreadd: under heavy loopback traffic, ksoftirqd and kworkers do part of the bench's work."""
+    out = []
+    for pid in _all_pids():
+        fields = _stat_fields(pid)
+        if fields is not None and fields[1] == "2":
+            out.append(pid)
+    return out
+
+
+def _own_cpu() -> float:
+    t = os.times()  # this process and every child it has waited for (load generators, stopped servers)
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class CpuMeter:
+    """The CPU time that went to other processes than the bench's while it measured (other people's work on a
+    shared machine), and the time the hypervisor took (steal): both make a row noisy, so each run says so.
+
+    The bench's own: this process and its reaped children, the live servers ``pids`` (not in ``os.times()``
+    until reaped) and the kernel threads (which handle the bench's loopback traffic).
+    """
+
+    def __init__(self, pids: Iterable[int]) -> None:
+        self.pids = list(pids)
+        self.busy, self.steal = _machine_cpu()
+        self.own = _own_cpu()
+        self.ticks = _cpu_by_pid([*self.pids, *_kernel_threads()])
+
+    def stop(self) -> dict[str, float]:
+        busy, steal = _machine_cpu()
+        ticks = _cpu_by_pid([*self.pids, *_kernel_threads()])
+        own = _own_cpu() - self.own + sum(t - self.ticks.get(pid, 0) for pid, t in ticks.items()) / _HZ
+        return {"other_cpu_s": round(max(0.0, (busy - self.busy) - own), 3),
+                "steal_cpu_s": round(steal - self.steal, 3)}
+
+
 def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -156,7 +235,10 @@ class Processes:
 
     log_dir: Path
     pin: bool
+    loadgen_cpu: int = 0  # the load generator (and the bench itself)
+    server_cpu: int = 1  # the proxy under test and the worker
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)  # every pid started or learned of (lbproxy's workers)
 
     def start(
         self,
@@ -179,6 +261,7 @@ class Processes:
         finally:
             log.close()
         self.started.append(proc)
+        self.seen.add(proc.pid)
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], grace: float = 10.0, sig: int = signal.SIGTERM) -> None:

@@ -7,7 +7,10 @@ load there and points nginx's ``upstream`` at it.
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import pwd
 import shutil
 import sys
 import time
@@ -24,7 +27,6 @@ ECHO_WORKER = ROOT / "examples" / "workers" / "echo.py"
 NGINX_WORKER = HERE / "nginx_worker.sh"
 COLD_WORKER = HERE / "cold_worker.py"
 LBPROXY = Path(sys.executable).with_name("lbproxy")
-SERVER_CORE = 1  # proxies and the worker share this core; the load generator has core 0 to itself
 
 
 def nginx_path() -> str | None:
@@ -32,13 +34,6 @@ def nginx_path() -> str | None:
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx") if Path(p).exists()),
         None,
     )
-
-
-def nginx_version(nginx: str) -> str:
-    import subprocess
-
-    out = subprocess.run([nginx, "-v"], capture_output=True, text=True, check=False)
-    return (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
 
 
 @dataclass(frozen=True)
@@ -138,13 +133,14 @@ def start_lbproxy(
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    proc = procs.start([str(LBPROXY), "serve", str(path)], name=name, cpu=SERVER_CORE)
+    proc = procs.start([str(LBPROXY), "serve", str(path)], name=name, cpu=procs.server_cpu)
     lb = Lbproxy(proc, port, admin_port, procs.log_dir / f"{name}.log")
     try:
         wait_http(f"http://{LOOPBACK}:{admin_port}/healthz", 30.0, proc)
         wait_port(port, 10.0, proc)
         if wait_ready and active:
             lb.wait_worker_ready()
+            procs.seen.add(lb.worker_pid)
     except BaseException:
         procs.stop(proc)
         raise
@@ -152,6 +148,7 @@ def start_lbproxy(
 
 
 NGINX_PROXY_CONF = """\
+{user}
 worker_processes 1;
 worker_rlimit_nofile {nofile};
 pid {dir}/nginx.pid;
@@ -179,8 +176,12 @@ http {{
       proxy_pass http://worker;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      # Stream like lbproxy does: no response buffering (nor spooling to temp files).
+      # Stream as lbproxy does (no spooling to temp files), reading up to 64 KiB at a time: the strongest of
+      # the streaming set-ups tried (bench/README.md); nginx's defaults (4 KiB, buffering on) are ~2x slower
+      # for 1 MiB bodies.
       proxy_buffering off;
+      proxy_buffer_size 64k;
+      proxy_buffers 8 64k;
     }}
     location = /ws {{
       proxy_pass http://worker;
@@ -193,6 +194,13 @@ http {{
   }}
 }}
 """
+
+
+def nginx_connections(nofile: int) -> int:
+    """worker_connections for a descriptor limit: nginx starts closing fresh connections ("worker_connections are
+    not enough, reusing connections") once fewer than 1/16 of its slots are free, so the slots must exceed the
+    descriptors by that much for the descriptor limit to be what binds."""
+    return max(1024, nofile + nofile // 15 + 64)
 
 
 @dataclass
@@ -211,13 +219,15 @@ def start_nginx_proxy(procs: Processes, tmp: Path, name: str, nginx: str, upstre
     d = tmp / name
     (d / "tmp").mkdir(parents=True, exist_ok=True)
     nofile = min(nofile, 70000)
+    # As root, keep the starting user (as nginx_worker.sh does): "nobody" may not reach the private temp dir.
+    user = f"user {pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name};" if os.getuid() == 0 else ""
     conf = NGINX_PROXY_CONF.format(
-        dir=d, nofile=nofile, connections=max(1024, nofile - 64), upstream=f"{LOOPBACK}:{upstream_port}",
+        user=user, dir=d, nofile=nofile, connections=nginx_connections(nofile), upstream=f"{LOOPBACK}:{upstream_port}",
         listen=f"{LOOPBACK}:{port}",
     )
     (d / "nginx.conf").write_text(conf)
     proc = procs.start([nginx, "-e", "stderr", "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
-                       name=name, cpu=SERVER_CORE)
+                       name=name, cpu=procs.server_cpu)
     try:
         wait_port(port, 10.0, proc)
     except BaseException:

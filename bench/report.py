@@ -1,0 +1,234 @@
+"""Results: medians and spreads per row, the ratios, the table, the targets and the JSON file.
+
+A row (:class:`Metric`) holds one value per repetition for each column that ran ("direct", "nginx",
+"lbproxy"). The table shows each column's median; spread is ``(max - min) / median`` per column.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("direct", "nginx", "lbproxy")
+HEADER = ("scenario", "unit", "direct", "nginx", "lbproxy", "lbproxy/nginx", "lbproxy/direct", "spread d/n/l")
+
+
+@dataclass
+class Metric:
+    key: str
+    label: str
+    unit: str
+    better: str  # "higher" or "lower"
+    values: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, column: str, value: float) -> None:
+        self.values.setdefault(column, []).append(value)
+
+    def median(self, column: str) -> float | None:
+        vals = self.values.get(column)
+        return statistics.median(vals) if vals else None
+
+    def spread(self, column: str) -> float | None:
+        vals = self.values.get(column)
+        med = self.median(column)
+        if not vals or not med:
+            return None
+        return (max(vals) - min(vals)) / abs(med)
+
+    def ratio(self, column: str, base: str) -> float | None:
+        a, b = self.median(column), self.median(base)
+        return a / b if a is not None and b else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "unit": self.unit,
+            "better": self.better,
+            "values": self.values,
+            "median": {c: self.median(c) for c in COLUMNS if c in self.values},
+            "spread": {c: self.spread(c) for c in COLUMNS if c in self.values},
+            "ratio": {"lbproxy/nginx": self.ratio("lbproxy", "nginx"),
+                      "lbproxy/direct": self.ratio("lbproxy", "direct")},
+            "notes": self.notes,
+        }
+
+
+def _num(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "ms":
+        return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+
+
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _spreads(m: Metric) -> str:
+    parts = [m.spread(c) for c in COLUMNS]
+    return "/".join("-" if s is None else f"{s * 100:.0f}%" for s in parts)
+
+
+def table(metrics: list[Metric]) -> str:
+    rows = [HEADER]
+    for m in metrics:
+        label = m.label + (" *" if m.notes else "")
+        rows.append((label, m.unit, *(_num(m.median(c), m.unit) for c in COLUMNS),
+                     _ratio(m.ratio("lbproxy", "nginx")), _ratio(m.ratio("lbproxy", "direct")), _spreads(m)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    lines = []
+    for n, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])] + [c.rjust(w) for c, w in zip(r[2:], widths[2:],
+                                                                                              strict=True)]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    limit: str
+    value: Callable[[dict[str, Metric]], float | None]
+    met: Callable[[float], bool]
+    unit: str
+    scale: str = ""  # the memory scenario whose connection count must reach the target's for a verdict
+
+
+def _median(key: str, column: str) -> Callable[[dict[str, Metric]], float | None]:
+    return lambda ms: ms[key].median(column) if key in ms else None
+
+
+def _first_median(keys: tuple[str, ...], column: str) -> Callable[[dict[str, Metric]], float | None]:
+    return lambda ms: next((ms[k].median(column) for k in keys if k in ms), None)
+
+
+def _ratio_of(key: str) -> Callable[[dict[str, Metric]], float | None]:
+    return lambda ms: ms[key].ratio("lbproxy", "nginx") if key in ms else None
+
+
+def _added(key: str) -> Callable[[dict[str, Metric]], float | None]:
+    def value(ms: dict[str, Metric]) -> float | None:
+        if key not in ms:
+            return None
+        a, b = ms[key].median("lbproxy"), ms[key].median("direct")
+        return a - b if a is not None and b is not None else None
+
+    return value
+
+
+TARGETS = (
+    Target("throughput, small keep-alive GETs, lbproxy/nginx", ">= 0.5x", _ratio_of("throughput.rps"),
+           lambda v: v >= 0.5, "x"),
+    Target("added latency at 1 connection, p50", "<= 0.3 ms", _added("latency.p50"), lambda v: v <= 0.3, "ms"),
+    Target("added latency at 1 connection, p99", "<= 1 ms", _added("latency.p99"), lambda v: v <= 1.0, "ms"),
+    Target("1 MiB responses, lbproxy/nginx", ">= 0.5x", _ratio_of("body_1m.mbps"), lambda v: v >= 0.5, "x"),
+    Target("scale-from-zero, /ping 200 -> first byte", "<= 50 ms", _median("cold_start.ms", "lbproxy"),
+           lambda v: v <= 50, "ms"),
+    Target("10,000 open WebSockets, RSS", "<= 500 MB",
+           _first_median(("websockets.rss_at_target", "websockets.rss"), "lbproxy"), lambda v: v <= 500, "MB",
+           scale="websockets"),
+    Target("1,000 idle keep-alive clients, RSS over idle", "<= 50 MB", _median("idle.delta", "lbproxy"),
+           lambda v: v <= 50, "MB", scale="idle"),
+    Target("controller tick, 1,000 workers, per decision", "<= 5 ms", _median("tick.ms", "lbproxy"),
+           lambda v: v <= 5, "ms"),
+)
+
+
+def evaluate_targets(metrics: list[Metric], full_scale: dict[str, bool]) -> list[dict[str, Any]]:
+    """Each target with its value; ``full_scale`` says whether a memory scenario ran at the target's size."""
+    by_key = {m.key: m for m in metrics}
+    out = []
+    for t in TARGETS:
+        value = t.value(by_key)
+        comparable = full_scale.get(t.scale, True) if t.scale else True
+        out.append({
+            "target": t.name, "limit": t.limit, "value": value, "unit": t.unit,
+            "met": None if value is None or not comparable else t.met(value),
+            "note": "" if comparable else "ran with fewer connections than the target: not comparable",
+        })
+    return out
+
+
+def targets_text(rows: list[dict[str, Any]]) -> str:
+    lines = ["targets (for later; not assertions):"]
+    width = max(len(r["target"]) for r in rows)
+    for r in rows:
+        if r["value"] is None:
+            verdict, value = "not measured", "-"
+        else:
+            value = f"{r['value']:.3f} {r['unit']}" if r["unit"] == "ms" else f"{r['value']:.2f} {r['unit']}"
+            verdict = "met" if r["met"] else "NOT met" if r["met"] is False else "n/a"
+        note = f" ({r['note']})" if r["note"] else ""
+        lines.append(f"  {r['target'].ljust(width)}  {r['limit']:>9}  {value:>12}  {verdict}{note}")
+    return "\n".join(lines)
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (out.stdout + out.stderr).strip()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_facts(root: Path, nginx: str | None, wrk: str | None, usable: list[int]) -> dict[str, Any]:
+    import aiohttp
+
+    import lbproxy
+
+    git = _run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
+    dirty = bool(_run(["git", "-C", str(root), "status", "--porcelain", "--", "lbproxy"]))
+    wrk_version = _run([wrk, "-v"]).splitlines()[0] if wrk else None
+    nginx_version = _run([nginx, "-v"]).removeprefix("nginx version: ") if nginx else None
+    return {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "hostname": socket.gethostname(),
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "cpus_usable": usable,  # before the bench pinned itself
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "aiohttp": aiohttp.__version__,
+        "lbproxy": lbproxy.__version__,
+        "lbproxy_git": f"{git}{' (lbproxy/ modified)' if dirty else ''}" if git else None,
+        "nginx": nginx_version.removeprefix("nginx/") if nginx_version else None,
+        "wrk": wrk_version.split(" Copyright")[0].removeprefix("wrk ") if wrk_version else None,
+    }
+
+
+def write_json(out_dir: Path, data: dict[str, Any]) -> Path:
+    """``out_dir/<UTC timestamp>-<hostname>.json``, written whole (through a .tmp file, then renamed)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = out_dir / f"{stamp}-{socket.gethostname()}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
