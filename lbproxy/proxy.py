@@ -210,6 +210,9 @@ class Proxy:
             if exchange.body_too_large:
                 return errors.error_response(errors.BODY_TOO_LARGE, {"Connection": "close"}, limit=self.max_body)
             if exchange.response is None:
+                # Failed before any response: take it out of rotation now, or the slots this frees hand queued
+                # requests to a worker that is dying; /ping brings it back if it is fine.
+                self._suspect(w, exc)
                 return errors.error_response(errors.WORKER_FAILED, {WORKER_ID: w.id, REQUEST_ID: rid},
                                              detail=_describe(exc))
             return self._abort(request, exchange.response, f"worker failed mid-response: {_describe(exc)}")

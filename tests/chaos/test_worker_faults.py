@@ -58,10 +58,6 @@ async def test_sigkilled_worker_fails_only_its_in_flight_requests(start_endpoint
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: after a worker's in-flight requests fail (connection reset, no response), Proxy._forward answers 502 "
-    "but leaves the worker READY; releasing those slots dispatches queued requests straight to the dying worker "
-    "(its exit is not noticed yet), and they fail too instead of going to the healthy one"))
 async def test_queued_requests_never_go_to_a_worker_that_just_failed(start_endpoint, client, tmp_path):
     ep = await start_endpoint(workers={"active": 2, "max": 2, "concurrency": 2}, worker=faulty_worker(tmp_path))
     victim, survivor = await ep.wait_workers(_ready(2), "two ready workers")
