@@ -9,7 +9,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from . import __version__
 from .checks import backend_problems, notices, risk_warnings
@@ -87,8 +88,19 @@ def cmd_serve(path: str, log_level: str) -> int:
         return EXIT_INVALID
     _setup_logging(log_level, config.name)
     from .server import serve  # aiohttp and the rest load only when serving
+    from .sockets import raise_open_files_limit
 
-    return asyncio.run(serve(config))
+    logging.getLogger("lbproxy").debug("open-files limit: %d", raise_open_files_limit())
+    return _run(serve(config))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed (the ``fast`` extra): a faster event loop, same asyncio API."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -87,16 +87,47 @@ def _url(host: str, port: int) -> str:
 async def _start_site(app: web.Application, host: str, port: int, grace: float) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=grace, backlog=1024)
+    site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
     bound = runner.addresses[0]
     return runner, _url(bound[0], bound[1])
+
+
+ENGINES = ("aiohttp", "fast")
+
+
+def _engine(environ: Mapping[str, str]) -> str | None:
+    """The proxy engine named by ``LBPROXY_ENGINE``: ``fast`` (lbproxy/fast, the default) or ``aiohttp``
+    (lbproxy/proxy.py, which serves WebSocket sessions either way)."""
+    engine = environ.get("LBPROXY_ENGINE", "fast").strip().lower() or "fast"
+    if engine not in ENGINES:
+        log.error("LBPROXY_ENGINE=%s: use one of %s", engine, ", ".join(ENGINES))
+        return None
+    if engine == "fast":
+        try:
+            import httptools  # noqa: F401
+        except ImportError:
+            log.error("the fast engine needs httptools (a dependency of lbproxy): reinstall lbproxy, "
+                      "or set LBPROXY_ENGINE=aiohttp")
+            return None
+    return engine
+
+
+async def _start_fast(proxy: Proxy, host: str, port: int, grace: float) -> tuple[Callable[[], Awaitable[None]], str]:
+    from .fast.site import FastServer
+
+    fast = FastServer(proxy)
+    bound = await fast.start(host, port)
+    return (lambda: fast.cleanup(grace)), _url(*bound)
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run the endpoint until ``stop`` is set (or SIGTERM/SIGINT). Returns the process exit code."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    engine = _engine(environ or os.environ)
+    if engine is None:
+        return 2
     metrics = Metrics(config.name)
     pool = WorkerPool(config.workers.concurrency, config.limits.max_queue, config.timeouts.wait)
     prober = HealthProber(pool, config.worker.health_path)
@@ -130,14 +161,18 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     metrics.watch(admin.counts_by_state, lambda: controller.leading)
 
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", proxy.handle)  # [\s\S]: a path may hold %0A
     grace = config.timeouts.shutdown
     await prober.start()
     await proxy.start()
-    proxy_runner, proxy_url = await _start_site(app, config.listen.host, config.listen.port, grace)
+    if engine == "fast":
+        stop_proxy, proxy_url = await _start_fast(proxy, config.listen.host, config.listen.port, grace)
+    else:
+        proxy_runner, proxy_url = await _start_site(app, config.listen.host, config.listen.port, grace)
+        stop_proxy = proxy_runner.cleanup
     admin_runner, admin_url = await _start_site(admin.app(), config.admin.host, config.admin.port, grace)
-    log.info("endpoint %s listening on %s (admin %s), workers %d..%d, backend %s",
-             config.name, proxy_url, admin_url, config.workers.active, config.workers.max, config.backend.type)
+    log.info("endpoint %s listening on %s (admin %s), workers %d..%d, backend %s, engine %s",
+             config.name, proxy_url, admin_url, config.workers.active, config.workers.max, config.backend.type, engine)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -168,7 +203,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
         if release is not None:
             with contextlib.suppress(Exception):
                 await release()
-        await proxy_runner.cleanup()  # stops accepting, waits for in-flight handlers (bounded)
+        await stop_proxy()  # stops accepting, waits for in-flight requests (bounded)
         await controller.shutdown()
         await prober.close()
         await proxy.close()

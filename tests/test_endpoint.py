@@ -1,4 +1,8 @@
-"""End to end: lbproxy serve + real echo worker processes + real HTTP over loopback."""
+"""End to end: lbproxy serve + real echo worker processes + real HTTP over loopback.
+
+Every test runs on both proxy engines: ``fast`` (the default) and ``aiohttp`` (the fallback,
+``LBPROXY_ENGINE=aiohttp``), so the fallback keeps doing everything the README says.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,13 @@ import httpx
 import pytest
 
 from .conftest import error_of, pid_alive, until
+
+
+@pytest.fixture(autouse=True, params=["fast", "aiohttp"])
+def engine(request, monkeypatch):
+    """The engine ``launch`` passes on to ``lbproxy serve`` (it copies LBPROXY_ENGINE from the environment)."""
+    monkeypatch.setenv("LBPROXY_ENGINE", request.param)
+    return request.param
 
 
 async def test_cold_start_from_zero_serves_the_first_request(start_endpoint, client):
