@@ -29,6 +29,7 @@ from .headers import (
 from .metrics import Metrics
 from .policy import WorkerState
 from .pool import NoWorkerInTime, QueueFull, ShuttingDown, Worker, WorkerPool
+from .sockets import reset
 
 log = logging.getLogger("lbproxy.proxy")
 
@@ -215,6 +216,9 @@ class Proxy:
                 self._suspect(w, exc)
                 return errors.error_response(errors.WORKER_FAILED, {WORKER_ID: w.id, REQUEST_ID: rid},
                                              detail=_describe(exc))
+            if request.transport is None or request.transport.is_closing():  # the client left: not the worker
+                log.debug("%s %s: the client went away mid-response", request.method, request.path)
+                return exchange.response
             return self._abort(request, exchange.response, f"worker failed mid-response: {_describe(exc)}")
 
     @staticmethod
@@ -222,7 +226,7 @@ class Proxy:
         """The status line is gone already: cut the connection so the client sees a truncated response."""
         log.warning("%s %s: %s; closing the client connection", request.method, request.path, why)
         if request.transport is not None:
-            request.transport.close()
+            reset(request.transport)  # not close(): that would first flush what a slow reader never reads
         return resp
 
     # -- WebSocket ---------------------------------------------------------------------------------

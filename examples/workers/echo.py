@@ -274,7 +274,7 @@ def make_app(*, app_routes: bool, ping_route: bool) -> web.Application:
     if app_routes:
         app.on_shutdown.append(_close_websockets)
         app.router.add_route("*", "/echo", echo)
-        app.router.add_route("*", "/echo/{tail:.*}", echo)
+        app.router.add_route("*", r"/echo/{tail:[\s\S]*}", echo)
         app.router.add_get("/sleep", sleep)
         app.router.add_get("/stream", stream)
         app.router.add_get("/sse", sse)

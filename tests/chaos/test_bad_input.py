@@ -97,10 +97,6 @@ async def _baseline(client, url: str, n: int = 20) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: no deadline for a request's headers. aiohttp's server has no header-read timeout and "
-    "server._start_site sets none, so a client trickling header bytes (or sending nothing) holds a "
-    "connection and a handler forever"))
 async def test_slowloris_clients_are_cut_off_and_do_not_slow_a_good_client(warm, client):
     ep, _ = warm
     host, port = host_port(ep.config["listen"])
@@ -136,9 +132,6 @@ async def test_slowloris_clients_are_cut_off_and_do_not_slow_a_good_client(warm,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Proxy._abort closes the client with transport.close(), which first flushes the buffered "
-    "response; a client that never reads keeps the connection (and its buffer) forever. Use abort()"))
 async def test_slow_reader_is_cut_at_execution_timeout_without_buffering_and_good_clients_go_on(warm, client):
     ep, _ = warm
     host, port = host_port(ep.config["listen"])

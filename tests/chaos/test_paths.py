@@ -48,10 +48,6 @@ async def test_tricky_paths_and_queries_reach_the_worker_byte_for_byte(start_end
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: server.serve routes the proxy with app.router.add_route('*', '/{tail:.*}'); aiohttp matches the "
-    "decoded path and '.' does not match a newline, so a path with %0A or %0D gets aiohttp's own plain-text 404 "
-    "and is never forwarded"))
 async def test_percent_encoded_newlines_in_the_path_reach_the_worker(start_endpoint):
     ep = await start_endpoint()
     target = "/echo/a%0d%0ab%0A"
