@@ -130,6 +130,21 @@ async def test_never_ready_workers_are_replaced_and_waiting_requests_get_503_in_
     await until(lambda: ep.log().count("not ready within timeouts.init") >= 2, 10, "never-ready workers replaced")
 
 
+@pytest.mark.slow
+async def test_requests_waiting_behind_a_never_ready_worker_are_served_by_a_healthy_one(start_endpoint, client,
+                                                                                       tmp_path):
+    ep = await start_endpoint(workers={"max": 2, "concurrency": 1}, timeouts={"init": "2s", "wait": "15s"},
+                              worker=faulty_worker(tmp_path, CHAOS_FIRST_NEVER_READY="1"))
+    started = time.monotonic()
+    rs = await asyncio.gather(*(client.get(ep.url + f"/work/{i}", timeout=20) for i in range(6)))
+    assert [r.status_code for r in rs] == [200] * 6, [r.text for r in rs]
+    served_by = {r.json()["worker"] for r in rs}
+    assert time.monotonic() - started < 10, "requests must not wait for the never-ready worker's timeouts.init"
+    await until(lambda: "not ready within timeouts.init" in ep.log(), 10, "the never-ready worker replaced")
+    [never_ready] = re.findall(r"replacing worker (\S+): not ready within timeouts.init", ep.log())
+    assert never_ready not in served_by
+
+
 _STARTED = re.compile(r"^(\S+ \S+) .*worker (\S+) started: pid", re.M)
 
 

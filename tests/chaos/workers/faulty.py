@@ -7,6 +7,9 @@ Environment (besides PORT and LBPROXY_WORKER_ID from lbproxy):
                      reset now, every new one is accepted and reset, and the process exits 2 s later.
     CHAOS_CHILD=1    at start, fork a child into the worker's process group that ignores SIGTERM and
                      sleeps; its pid goes to ``CHAOS_DIR/child-<worker id>`` (orphan checks).
+    CHAOS_FIRST_NEVER_READY=1
+                     the first worker started (the one that creates ``CHAOS_DIR/never-ready``) answers
+                     ``/ping`` with 503 forever; the others are fine.
 
 Routes: ``GET /ping`` 200; ``GET /stats`` ``{"inflight", "requests", "abandoned"}`` (app requests in flight
 now, in total, and ended because the peer closed the connection); ``GET /sleep?s=F`` sleeps F seconds;
@@ -29,6 +32,19 @@ from urllib.parse import parse_qs, urlsplit
 
 WORKER_ID = os.environ.get("LBPROXY_WORKER_ID", str(os.getpid()))
 CHAOS_DIR = os.environ.get("CHAOS_DIR", "")
+
+
+def _claim_never_ready() -> bool:
+    if os.environ.get("CHAOS_FIRST_NEVER_READY") != "1":
+        return False
+    try:
+        os.mkdir(os.path.join(CHAOS_DIR, "never-ready"))
+    except FileExistsError:
+        return False
+    return True
+
+
+NEVER_READY = _claim_never_ready()
 
 
 def hanging() -> bool:
@@ -58,10 +74,11 @@ class Stats:
     inflight = requests = abandoned = 0
 
 
-def _json(writer: asyncio.StreamWriter, data: object) -> None:
+def _json(writer: asyncio.StreamWriter, data: object, status: int = 200) -> None:
     body = json.dumps(data).encode()
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    reason = b"OK" if status == 200 else b"Service Unavailable"
+    writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (status, reason, len(body), body))
 
 
 async def _until_peer_closes(reader: asyncio.StreamReader) -> None:
@@ -130,7 +147,7 @@ async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
             Stats.requests += 1
             await _app(reader, writer, target, length)
         else:
-            _json(writer, {"worker": WORKER_ID, "target": target})
+            _json(writer, {"worker": WORKER_ID, "target": target}, 503 if NEVER_READY else 200)
         await writer.drain()
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
         if counted:
