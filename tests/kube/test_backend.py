@@ -151,8 +151,9 @@ async def test_when_the_replicaset_removes_another_pod_the_drained_worker_serves
         assert {r.headers["x-lbproxy-worker-id"] for r in rs} == {first}
         # The idle ready worker is the victim, but the ReplicaSet removes the unscheduled pod first.
         await until(lambda: "instead of " + first in ep.log(), 20, "the ReplicaSet to pick the pending pod")
-        ws = await ep.wait_workers(lambda ws: [w["id"] for w in ws] == [first], "only the kept worker", 10)
-        assert ws[0]["state"] == "ready"  # back in rotation, its pod untouched
+        # Back in rotation (once its drain mark is taken back), its pod untouched.
+        await ep.wait_workers(lambda ws: [(w["id"], w["state"]) for w in ws] == [(first, "ready")],
+                              "only the kept worker, ready", 10)
         assert emulator.get("pods", NS, first)["metadata"].get("deletionTimestamp") is None
 
 
