@@ -22,6 +22,7 @@ BODY_TOO_LARGE = ProxyError(
 QUEUE_FULL = ProxyError(429, "queue_full", "{queued} requests are already waiting for a worker; retry later")
 WORKER_FAILED = ProxyError(502, "worker_failed", "the worker failed while handling the request: {detail}")
 NO_WORKER = ProxyError(503, "no_worker", "no worker was free within timeouts.wait ({wait:g}s); retry later")
+OVERLOADED = ProxyError(503, "overloaded", "lbproxy has no file descriptor left for this request; retry later")
 SHUTTING_DOWN = ProxyError(503, "shutting_down", "the endpoint is shutting down; retry on another replica")
 EXECUTION_TIMEOUT = ProxyError(
     504, "execution_timeout", "the worker did not finish within timeouts.execution ({timeout:g}s)"

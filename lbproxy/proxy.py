@@ -29,7 +29,7 @@ from .headers import (
 from .metrics import Metrics
 from .policy import WorkerState
 from .pool import NoWorkerInTime, QueueFull, ShuttingDown, Worker, WorkerPool
-from .sockets import reset
+from .sockets import out_of_descriptors, reset
 
 log = logging.getLogger("lbproxy.proxy")
 
@@ -118,6 +118,8 @@ class Proxy:
             try:
                 return await self._forward(request, worker, rid, body, exchange)
             except _NotSent as exc:
+                if out_of_descriptors(exc):
+                    return errors.error_response(errors.OVERLOADED, {"Retry-After": "1"})
                 # Connection refused: nothing reached the worker, so another one may take the request.
                 self._suspect(worker, exc)
                 attempt += 1

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import resource
 import socket
 import struct
+import time
 
 log = logging.getLogger("lbproxy")
 
@@ -43,3 +45,23 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open-files limit from %d to %d: %s", soft, target, exc)
     return soft
+
+
+_last_exhaustion_log = 0.0
+
+
+def out_of_descriptors(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is lbproxy running out of file descriptors: its own overload, not the
+    worker's fault, so the worker stays in rotation. Logged at most once per 10 s, since it comes in floods."""
+    global _last_exhaustion_log
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE):
+            now = time.monotonic()
+            if now - _last_exhaustion_log > 10:
+                _last_exhaustion_log = now
+                log.error("out of file descriptors (%s): requests get 503 'overloaded'; raise the open-files "
+                          "limit (ulimit -n) or add replicas", seen)
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

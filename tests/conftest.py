@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -121,8 +122,12 @@ def base_config(**overrides: Any) -> dict[str, Any]:
     return deep_merge(cfg, overrides)
 
 
-async def launch(cfg: dict[str, Any], directory: Path, env: dict[str, str] | None = None) -> Endpoint:
-    """Write ``cfg``, start ``lbproxy serve`` on it, and wait until its admin port answers /healthz."""
+async def launch(cfg: dict[str, Any], directory: Path, env: dict[str, str] | None = None,
+                 open_files: int | None = None) -> Endpoint:
+    """Write ``cfg``, start ``lbproxy serve`` on it, and wait until its admin port answers /healthz.
+
+    ``open_files``: lbproxy's hard limit on open files (RLIMIT_NOFILE), to run it out of descriptors.
+    """
     n = len(list(directory.glob("lbproxy-*.yaml")))
     path = directory / f"lbproxy-{n}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -135,6 +140,8 @@ async def launch(cfg: dict[str, Any], directory: Path, env: dict[str, str] | Non
         proc = subprocess.Popen(
             [sys.executable, "-m", "lbproxy", "serve", str(path), "--log-level", "debug"],
             stdout=log_file, stderr=subprocess.STDOUT, env=proc_env, cwd=ROOT, start_new_session=True,
+            preexec_fn=None if open_files is None else lambda: resource.setrlimit(
+                resource.RLIMIT_NOFILE, (open_files, open_files)),
         )
     ep = Endpoint(proc, f"http://{cfg['listen']}", f"http://{cfg['admin']}", cfg, log_path)
 
@@ -163,8 +170,8 @@ def start_endpoint(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """
     started: list[Endpoint] = []
 
-    async def start(env: dict[str, str] | None = None, **overrides: Any) -> Endpoint:
-        ep = await launch(base_config(**overrides), tmp_path, env)
+    async def start(env: dict[str, str] | None = None, open_files: int | None = None, **overrides: Any) -> Endpoint:
+        ep = await launch(base_config(**overrides), tmp_path, env, open_files)
         started.append(ep)
         return ep
 

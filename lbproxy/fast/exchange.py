@@ -18,7 +18,7 @@ from ..errors import ProxyError
 from ..policy import WorkerState
 from ..pool import NoWorkerInTime, QueueFull, ShuttingDown, Worker
 from ..proxy import MAX_CONNECT_RETRIES, RETRY_AFTER_SECONDS
-from ..sockets import reset
+from ..sockets import out_of_descriptors, reset
 from . import framing
 from .framing import CHUNKED, CONTINUE, EMPTY, EXPECTATION_FAILED, LAST_CHUNK, MALFORMED, Header, RequestInfo
 from .upstream import CONNECT_TIMEOUT, FRAMED, SKIP_BODY, UNTIL_CLOSE, Endpoint, NotSent, UpstreamConnection
@@ -32,7 +32,7 @@ log = logging.getLogger("lbproxy.fast")
 BODY_BUFFER = 64 * 1024
 BODY_FLAG = 2  # ClientConnection.block(): the request body cannot go anywhere right now
 _RETRY_NO_WORKER = ((b"Retry-After", RETRY_AFTER_SECONDS.encode()),)
-_RETRY_SHUTDOWN = ((b"Retry-After", b"1"),)
+_RETRY_SOON = ((b"Retry-After", b"1"),)
 _UNAUTHORIZED = ((b"WWW-Authenticate", b"Bearer"),)
 
 QUEUED, RESERVING, CONNECTING, FORWARDING, DONE = range(5)
@@ -153,7 +153,7 @@ class Exchange:
             return self._answer(errors.NO_WORKER, _RETRY_NO_WORKER, wait=server.wait_timeout)
         except ShuttingDown:
             self.task = None
-            return self._answer(errors.SHUTTING_DOWN, _RETRY_SHUTDOWN)
+            return self._answer(errors.SHUTTING_DOWN, _RETRY_SOON)
         server.metrics.observe_wait(monotonic() - queued_at)
         self.task = None
         if self.state is DONE:  # cannot happen (every ending cancels the task); never keep a slot regardless
@@ -197,6 +197,9 @@ class Exchange:
 
     def _not_sent(self, exc: NotSent) -> None:
         """Nothing reached the worker: take it out of rotation and try another, at most twice more."""
+        if out_of_descriptors(exc):
+            self.deadline = float("inf")
+            return self._answer(errors.OVERLOADED, _RETRY_SOON)
         w = self.worker
         if w is not None and w.state is WorkerState.READY:
             log.warning("worker %s unreachable (%s): taken out of rotation", w.id, exc.__cause__ or exc)
