@@ -197,6 +197,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
 def machine_facts(root: Path, nginx: str | None, wrk: str | None, usable: list[int]) -> dict[str, Any]:
     import aiohttp
 
@@ -216,6 +225,9 @@ def machine_facts(root: Path, nginx: str | None, wrk: str | None, usable: list[i
         "python": platform.python_version(),
         "python_executable": sys.executable,
         "aiohttp": aiohttp.__version__,
+        "httptools": _version("httptools"),
+        "uvloop": _version("uvloop"),  # lbproxy serve runs on it when installed
+        "lbproxy_engine": os.environ.get("LBPROXY_ENGINE", "fast"),
         "lbproxy": lbproxy.__version__,
         "lbproxy_git": f"{git}{' (lbproxy/ modified)' if dirty else ''}" if git else None,
         "nginx": nginx_version.removeprefix("nginx/") if nginx_version else None,

@@ -502,6 +502,8 @@ def print_summary(data: dict[str, Any], metrics: list[Metric], path: Path) -> No
     pin = s["pinning"]
     print(f"lbproxy bench, {m['date_utc']} on {m['hostname']}: {m['cpu_model']}, {m['cores']} cores, "
           f"python {m['python']}, aiohttp {m['aiohttp']}, nginx {m['nginx'] or 'absent'}, wrk {m['wrk'] or 'absent'}")
+    print(f"lbproxy engine {m['lbproxy_engine']} (LBPROXY_ENGINE), httptools {m['httptools'] or 'absent'}, "
+          f"uvloop {m['uvloop'] or 'absent'}")
     print(f"load generator: {s['load_generator']}; reference worker: {s['reference_worker']}; "
           + (f"load generator on cpu {pin['load_generator_cpu']}, proxies and worker on cpu {pin['servers_cpu']}"
              if pin else "not pinned"))
