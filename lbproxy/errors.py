@@ -19,6 +19,9 @@ BAD_REQUEST = ProxyError(400, "bad_request", "the request target must be an orig
 BODY_TOO_LARGE = ProxyError(
     413, "body_too_large", "the request body is larger than limits.max_body_size ({limit} bytes)"
 )
+WORKER_GONE = ProxyError(
+    404, "worker_gone", "worker {worker} is gone or leaving; send the request without 'strict' to use another"
+)
 QUEUE_FULL = ProxyError(429, "queue_full", "{queued} requests are already waiting for a worker; retry later")
 WORKER_FAILED = ProxyError(502, "worker_failed", "the worker failed while handling the request: {detail}")
 NO_WORKER = ProxyError(503, "no_worker", "no worker was free within timeouts.wait ({wait:g}s); retry later")

@@ -32,6 +32,13 @@ class ShuttingDown(Exception):
     """The endpoint is stopping and takes no new requests."""
 
 
+class WorkerGone(Exception):
+    """Strict affinity: the requested worker is gone, or leaving (draining or stopping)."""
+
+
+_LEAVING = (WorkerState.DRAINING, WorkerState.STOPPING, WorkerState.EXITED)
+
+
 @dataclass(eq=False, slots=True)
 class Worker:
     """One worker as the proxy sees it. Mutated only by the pool."""
@@ -64,6 +71,7 @@ class _Waiter:
     future: asyncio.Future[Worker]
     since: float
     preferred: str | None
+    strict: bool = False  # only ``preferred`` may take it
 
 
 Listener = Callable[[Worker, WorkerState], None]
@@ -86,6 +94,7 @@ class WorkerPool:
         self.workers: dict[str, Worker] = {}
         self._ready: tuple[Worker, ...] = ()  # replaced whole on every state change
         self._waiters: deque[_Waiter] = deque()
+        self._strict_waiting = 0  # waiters with strict affinity: they never hold up the others
         self._listeners: list[Listener] = []
         self._on_queued: list[Callable[[], None]] = []
         self._closed = False
@@ -124,8 +133,11 @@ class WorkerPool:
             if w.in_flight == 0:
                 w.idle_since = now
             w.drained.clear()  # set again only by a drain that really waits out this worker's requests
-        if state in (WorkerState.DRAINING, WorkerState.STOPPING, WorkerState.EXITED) and w.in_flight == 0:
-            w.drained.set()
+        if state in _LEAVING:
+            if w.in_flight == 0:
+                w.drained.set()
+            if self._strict_waiting:
+                self._fail_strict_waiters(w.id)
         if state is WorkerState.EXITED:
             del self.workers[w.id]
         if state is WorkerState.READY or old is WorkerState.READY:
@@ -162,32 +174,56 @@ class WorkerPool:
         return sum(w.in_flight for w in self.workers.values())
 
     def oldest_queued_at(self) -> float | None:
-        return self._waiters[0].since if self._waiters else None
+        """When the oldest request that any worker could take began to wait (strict ones wait for theirs)."""
+        for waiter in self._waiters:
+            if not waiter.strict:
+                return waiter.since
+        return None
 
-    def try_acquire(self, preferred: str | None = None) -> Worker | None:
-        """Take a slot on a ready worker at once, or None (the caller then waits with ``acquire``)."""
-        if self._waiters or self._closed:
-            return None  # FIFO: never overtake requests already waiting; closed: acquire() refuses
-        w = choose_worker(self._ready, self.concurrency, preferred)
-        if w is not None:
-            w.in_flight += 1
-            w.idle_since = None
+    def try_acquire(self, preferred: str | None = None, strict: bool = False) -> Worker | None:
+        """Take a slot on a ready worker at once, or None (the caller then waits with ``acquire``).
+
+        ``strict``: only the worker ``preferred`` names. Waiting strict requests are not overtaken: a slot
+        of theirs that frees up is handed to them at once, so it is never free while they wait.
+        """
+        if self._closed:
+            return None  # acquire() refuses
+        if strict:
+            w = self.workers.get(preferred or "")
+            if w is None or w.state is not WorkerState.READY or (self.concurrency and w.in_flight >= self.concurrency):
+                return None
+        elif len(self._waiters) > self._strict_waiting:
+            return None  # FIFO: never overtake requests already waiting
+        else:
+            w = choose_worker(self._ready, self.concurrency, preferred)
+            if w is None:
+                return None
+        w.in_flight += 1
+        w.idle_since = None
         return w
 
-    async def acquire(self, preferred: str | None = None) -> Worker:
-        """Reserve a slot on a ready worker, waiting in FIFO order for at most ``wait_timeout``."""
+    async def acquire(self, preferred: str | None = None, strict: bool = False) -> Worker:
+        """Reserve a slot on a ready worker, waiting in FIFO order for at most ``wait_timeout``.
+
+        ``strict``: wait for the worker ``preferred`` names; WorkerGone when it is not there or leaving.
+        """
         if self._closed:
             raise ShuttingDown
-        w = self.try_acquire(preferred)
+        if strict:
+            target = self.workers.get(preferred or "")
+            if target is None or target.state in _LEAVING:
+                raise WorkerGone
+        w = self.try_acquire(preferred, strict)
         if w is not None:
             return w
         if len(self._waiters) >= self.max_queue:
             raise QueueFull
         fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(fut, self.clock(), preferred)
+        waiter = _Waiter(fut, self.clock(), preferred, strict)
         self._waiters.append(waiter)
+        self._strict_waiting += strict
         self.changed.set()
-        if not self._ready:
+        if not self._ready and not strict:
             for cb in self._on_queued:
                 cb()
         self._dispatch()
@@ -207,6 +243,8 @@ class WorkerPool:
                 self._waiters.remove(waiter)
             except ValueError:
                 pass
+            else:
+                self._strict_waiting -= strict
 
     def release(self, w: Worker) -> None:
         """Give back the slot taken by ``acquire``; the next waiter may take it."""
@@ -230,6 +268,8 @@ class WorkerPool:
 
     def _dispatch(self) -> None:
         """Hand free slots to waiters, oldest first."""
+        if self._strict_waiting:
+            return self._dispatch_mixed()
         waiters = self._waiters
         while waiters:
             waiter = waiters[0]
@@ -240,9 +280,43 @@ class WorkerPool:
             if w is None:
                 return
             waiters.popleft()
-            w.in_flight += 1
-            w.idle_since = None
-            waiter.future.set_result(w)
+            self._hand(waiter, w)
+
+    def _dispatch_mixed(self) -> None:
+        """``_dispatch`` with strict waiters queued: one pass in order, each waiter served if it can be; a
+        strict waiter whose worker is busy does not hold up the others."""
+        kept: deque[_Waiter] = deque()
+        anyone = True  # a non-strict waiter may still find a worker
+        concurrency = self.concurrency
+        for waiter in self._waiters:
+            if waiter.future.done():
+                self._strict_waiting -= waiter.strict
+                continue
+            if waiter.strict:
+                w = self.workers.get(waiter.preferred or "")
+                if w is None or w.state is not WorkerState.READY or (concurrency and w.in_flight >= concurrency):
+                    w = None
+            else:
+                w = choose_worker(self._ready, concurrency, waiter.preferred) if anyone else None
+                anyone = w is not None
+            if w is None:
+                kept.append(waiter)
+            else:
+                self._strict_waiting -= waiter.strict
+                self._hand(waiter, w)
+        self._waiters = kept
+
+    @staticmethod
+    def _hand(waiter: _Waiter, w: Worker) -> None:
+        w.in_flight += 1
+        w.idle_since = None
+        waiter.future.set_result(w)
+
+    def _fail_strict_waiters(self, worker_id: str) -> None:
+        """The worker strict waiters wait for is leaving: they fail now instead of at ``timeouts.wait``."""
+        for waiter in self._waiters:
+            if waiter.strict and waiter.preferred == worker_id and not waiter.future.done():
+                waiter.future.set_exception(WorkerGone())
 
     def close(self) -> None:
         """Refuse new requests and fail every queued one (shutdown)."""
@@ -261,7 +335,7 @@ class WorkerPool:
                 WorkerView(w.id, w.state, w.in_flight, w.since, None if w.in_flight else w.idle_since, w.rank)
                 for w in self.workers.values()
             ),
-            queued=len(self._waiters),
+            queued=len(self._waiters) - self._strict_waiting,  # more workers would not serve strict waiters
             oldest_queued_at=self.oldest_queued_at(),
             start_blocked_until=start_blocked_until,
             pending_starts=pending_starts,

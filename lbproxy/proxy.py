@@ -28,7 +28,8 @@ from .headers import (
 )
 from .metrics import Metrics
 from .policy import WorkerState
-from .pool import NoWorkerInTime, QueueFull, ShuttingDown, Worker, WorkerPool
+from .pool import NoWorkerInTime, QueueFull, ShuttingDown, Worker, WorkerGone, WorkerPool
+from .routing import parse_affinity
 from .sockets import out_of_descriptors, reset
 
 log = logging.getLogger("lbproxy.proxy")
@@ -108,7 +109,8 @@ class Proxy:
         if length is not None and length > self.max_body:
             return errors.error_response(errors.BODY_TOO_LARGE, {"Connection": "close"}, limit=self.max_body)
 
-        worker, failed = await self._reserve(headers.get(WORKER_ID))
+        preferred, strict = parse_affinity(headers.get(WORKER_ID))
+        worker, failed = await self._reserve(preferred, strict)
         if worker is None:
             return failed or errors.error_response(errors.NO_WORKER, wait=self.wait_timeout)
         exchange = _Exchange()
@@ -123,7 +125,7 @@ class Proxy:
                 # Connection refused: nothing reached the worker, so another one may take the request.
                 self._suspect(worker, exc)
                 attempt += 1
-                if attempt > MAX_CONNECT_RETRIES:
+                if attempt > MAX_CONNECT_RETRIES or strict:
                     return errors.error_response(errors.WORKER_FAILED, detail=str(exc.__cause__ or exc))
             finally:
                 self.pool.release(worker)
@@ -131,14 +133,17 @@ class Proxy:
             if worker is None:
                 return failed or errors.error_response(errors.NO_WORKER, wait=self.wait_timeout)
 
-    async def _reserve(self, preferred: str | None) -> tuple[Worker | None, web.Response | None]:
+    async def _reserve(self, preferred: str | None, strict: bool = False
+                       ) -> tuple[Worker | None, web.Response | None]:
         """A worker slot, or the error response that says why there is none."""
-        w = self.pool.try_acquire(preferred)
+        w = self.pool.try_acquire(preferred, strict)
         if w is not None:
             return w, None
         queued_at = time.monotonic()
         try:
-            w = await self.pool.acquire(preferred)
+            w = await self.pool.acquire(preferred, strict)
+        except WorkerGone:
+            return None, errors.error_response(errors.WORKER_GONE, worker=preferred)
         except QueueFull:
             return None, errors.error_response(errors.QUEUE_FULL, queued=self.pool.queued)
         except NoWorkerInTime:
@@ -235,7 +240,7 @@ class Proxy:
 
     async def _websocket(self, request: web.Request, rid: str) -> web.StreamResponse:
         assert self.session is not None
-        worker, failed = await self._reserve(request.headers.get(WORKER_ID))
+        worker, failed = await self._reserve(*parse_affinity(request.headers.get(WORKER_ID)))
         if worker is None:
             return failed or errors.error_response(errors.NO_WORKER, wait=self.wait_timeout)
         try:

@@ -17,6 +17,20 @@ class Routable(Protocol):
 
 W = TypeVar("W", bound=Routable)
 
+STRICT = "strict"
+
+
+def parse_affinity(value: str | None) -> tuple[str | None, bool]:
+    """The client's ``X-Lbproxy-Worker-Id``: ``ID`` prefers that worker (soft affinity), ``strict ID`` takes
+    that worker or none. Returns (worker id or None, strict)."""
+    if not value:
+        return None, False
+    value = value.strip()
+    head, _, rest = value.partition(" ")
+    if head.lower() == STRICT and rest.strip():
+        return rest.strip(), True
+    return value or None, False
+
 # Above this many candidates, sample two at random and take the less loaded ("power of two choices"):
 # O(1) per request and within a small factor of the best choice, where a full scan would be O(n).
 _SCAN_LIMIT = 16

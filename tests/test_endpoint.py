@@ -352,6 +352,22 @@ async def test_soft_affinity_prefers_the_named_worker(start_endpoint, client):
     assert r.status_code == 200  # soft: an unknown id falls back to any worker
 
 
+async def test_strict_affinity_waits_for_the_named_worker_or_fails_when_it_is_gone(start_endpoint, client):
+    ep = await start_endpoint(workers={"active": 2, "max": 2, "concurrency": 1})
+    ws = await ep.wait_workers(lambda ws: len(ws) == 2 and all(w["state"] == "ready" for w in ws), "2 ready")
+    target = ws[0]["id"]
+    strict = {"X-Lbproxy-Worker-Id": f"strict {target}"}
+    busy = asyncio.create_task(client.get(ep.url + "/sleep?s=1", headers=strict))
+    await ep.wait_workers(lambda ws: any(w["id"] == target and w["in_flight"] == 1 for w in ws), "target busy")
+    # The other worker is free, yet the strict request waits for its own.
+    r = await client.get(ep.url + "/echo", headers=strict)
+    assert r.status_code == 200 and r.headers["x-lbproxy-worker-id"] == target
+    assert (await busy).headers["x-lbproxy-worker-id"] == target
+    r = await client.get(ep.url + "/echo", headers={"X-Lbproxy-Worker-Id": "strict gone-worker"})
+    assert r.status_code == 404 and error_of(r) == "worker_gone"
+    assert "gone-worker" in r.json()["message"]
+
+
 async def test_status_and_metrics_describe_the_endpoint(start_endpoint, client):
     ep = await start_endpoint(auth={"api_keys": ["k-status"]}, worker={"env": {"SECRET_TOKEN": "hunter2"}})
     await client.get(ep.url + "/echo", headers={"Authorization": "Bearer k-status"})

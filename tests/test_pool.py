@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from lbproxy.policy import WorkerState, WorkerView
-from lbproxy.pool import NoWorkerInTime, QueueFull, ShuttingDown, Worker, WorkerPool
+from lbproxy.pool import NoWorkerInTime, QueueFull, ShuttingDown, Worker, WorkerGone, WorkerPool
 
 
 class FakeClock:
@@ -445,3 +445,103 @@ async def test_snapshot_reflects_states_queue_and_idle_time() -> None:
     s = pool.snapshot()
     assert s.workers == (WorkerView("a", WorkerState.READY, 0, 103.0, 107.0),)
     assert (s.queued, s.oldest_queued_at) == (0, None)
+
+
+# -- strict affinity -----------------------------------------------------------------------------------
+
+
+async def strict_waiting(pool: WorkerPool, wid: str) -> asyncio.Task[Worker]:
+    before = pool.queued
+    task = asyncio.create_task(pool.acquire(wid, strict=True))
+    await settle(lambda: pool.queued == before + 1, "strict request queued")
+    return task
+
+
+async def test_strict_request_takes_only_its_worker() -> None:
+    pool = make_pool(concurrency=1)
+    a, b = ready_worker(pool, "a"), ready_worker(pool, "b")
+    assert await pool.acquire("b", strict=True) is b
+    assert pool.try_acquire("b", strict=True) is None  # b is full; a is free but not b
+    assert a.in_flight == 0
+
+
+async def test_strict_waiter_gets_its_worker_when_a_slot_frees() -> None:
+    pool = make_pool(concurrency=1)
+    a = ready_worker(pool, "a")
+    await pool.acquire("a", strict=True)
+    ready_worker(pool, "b")  # a free worker, not the one asked for
+    task = await strict_waiting(pool, "a")
+    await settle(lambda: True, "a turn")
+    assert not task.done()
+    pool.release(a)
+    assert await task is a
+
+
+async def test_strict_waiter_does_not_hold_up_other_requests() -> None:
+    pool = make_pool(concurrency=1)
+    a = ready_worker(pool, "a")
+    await pool.acquire()  # a is busy
+    strict = await strict_waiting(pool, "a")
+    b = ready_worker(pool, "b")
+    # A request for any worker, queued behind the strict one, takes b; a new one does too (try_acquire).
+    assert pool.try_acquire() is b
+    pool.release(b)
+    anyone = asyncio.create_task(pool.acquire())
+    assert await anyone is b
+    assert not strict.done()
+    pool.release(a)
+    assert await strict is a
+
+
+async def test_strict_waiters_do_not_count_as_queue_for_scaling() -> None:
+    pool = make_pool(concurrency=1)
+    ready_worker(pool, "a")
+    await pool.acquire()
+    await strict_waiting(pool, "a")
+    snap = pool.snapshot()
+    assert (snap.queued, snap.oldest_queued_at, pool.queued) == (0, None, 1)
+
+
+async def test_strict_request_for_an_unknown_or_leaving_worker_fails_with_worker_gone() -> None:
+    pool = make_pool(concurrency=1)
+    w = ready_worker(pool, "a")
+    with pytest.raises(WorkerGone):
+        await pool.acquire("nope", strict=True)
+    pool.drain(w)
+    with pytest.raises(WorkerGone):
+        await pool.acquire("a", strict=True)
+
+
+async def test_strict_waiter_fails_at_once_when_its_worker_leaves() -> None:
+    pool = make_pool(concurrency=1, wait_timeout=30.0)
+    w = ready_worker(pool, "a")
+    await pool.acquire()
+    task = await strict_waiting(pool, "a")
+    pool.set_state(w, WorkerState.STOPPING, "replaced")
+    with pytest.raises(WorkerGone):
+        await task
+    assert pool.queued == 0
+
+
+async def test_strict_waiter_waits_while_its_worker_is_unhealthy_and_gets_it_back() -> None:
+    pool = make_pool(concurrency=1)
+    w = ready_worker(pool, "a")
+    pool.set_state(w, WorkerState.UNHEALTHY, "/ping did not answer")
+    task = await strict_waiting(pool, "a")
+    pool.set_state(w, WorkerState.READY, "/ping 200 again")
+    assert await task is w
+
+
+async def test_strict_queue_state_stays_consistent_when_waiters_give_up() -> None:
+    pool = make_pool(concurrency=1, wait_timeout=0.05)
+    a = ready_worker(pool, "a")
+    await pool.acquire()
+    with pytest.raises(NoWorkerInTime):
+        await pool.acquire("a", strict=True)
+    task = await strict_waiting(pool, "a")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.queued == 0 and pool.snapshot().queued == 0
+    pool.release(a)
+    assert pool.try_acquire() is a  # no phantom strict waiter blocks or takes the slot

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lbproxy.routing import choose_worker
+from lbproxy.routing import choose_worker, parse_affinity
 
 
 @dataclass(frozen=True)
@@ -175,3 +175,15 @@ def test_above_sixteen_workers_all_full_gives_none() -> None:
 def test_above_sixteen_workers_the_preferred_worker_still_wins() -> None:
     ws = workers(*([0] * 19 + [3]))
     assert choose_worker(ws, concurrency=4, preferred="w19", rand=never) is ws[19]
+
+
+# -- the affinity header -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, (None, False)), ("", (None, False)), ("w1", ("w1", False)), (" w1 ", ("w1", False)),
+    ("strict w1", ("w1", True)), ("STRICT  w1 ", ("w1", True)), ("strict", ("strict", False)),
+    ("strict ", ("strict", False)), ("w1 strict", ("w1 strict", False)),
+])
+def test_parse_affinity(value: str | None, expected: tuple[str | None, bool]) -> None:
+    assert parse_affinity(value) == expected

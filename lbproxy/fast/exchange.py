@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 from .. import errors
 from ..errors import ProxyError
 from ..policy import WorkerState
-from ..pool import NoWorkerInTime, QueueFull, ShuttingDown, Worker
+from ..pool import NoWorkerInTime, QueueFull, ShuttingDown, Worker, WorkerGone
 from ..proxy import MAX_CONNECT_RETRIES, RETRY_AFTER_SECONDS
+from ..routing import parse_affinity
 from ..sockets import out_of_descriptors, reset
 from . import framing
 from .framing import CHUNKED, CONTINUE, EMPTY, EXPECTATION_FAILED, LAST_CHUNK, MALFORMED, Header, RequestInfo
@@ -43,7 +44,7 @@ class Exchange:
     __slots__ = ("attempt", "body", "buffered", "chunked", "client_keep", "close_after", "conn", "deadline",
                  "error", "expect_continue", "handoff", "head_request", "http10", "keep_alive", "method", "mode",
                  "out", "preferred", "received", "request_done", "rid", "server", "started", "state", "status",
-                 "tail", "task", "upstream", "url", "worker", "worker_id")
+                 "strict", "tail", "task", "upstream", "url", "worker", "worker_id")
 
     def __init__(self, conn: ClientConnection, started: float, method: bytes, url: bytes, http10: bool,
                  keep_alive: bool) -> None:
@@ -64,6 +65,7 @@ class Exchange:
         self.expect_continue = False
         self.rid = b""
         self.preferred: str | None = None
+        self.strict = False  # X-Lbproxy-Worker-Id: strict ID
         self.body: list[bytes] | None = None  # request body held until a worker connection is ready
         self.buffered = 0
         self.received = 0
@@ -107,7 +109,8 @@ class Exchange:
                 return self.reject(EXPECTATION_FAILED)
             self.expect_continue = not self.http10 and (self.chunked or bool(info.length))
         self.rid = framing.request_id(info.rid)
-        self.preferred = info.preferred.decode("latin-1") if info.preferred else None
+        if info.preferred:
+            self.preferred, self.strict = parse_affinity(info.preferred.decode("latin-1"))
         host = info.host if info.host is not None else self.conn.local_host()
         self.tail = framing.upstream_tail(info, peer=self.conn.peer, host=host, rid=self.rid)
 
@@ -119,15 +122,15 @@ class Exchange:
             err, headers, details = self.error
             self._answer(err, headers, **details)
         else:
-            self._reserve(self.preferred)
+            self._reserve(self.preferred, self.strict)
 
-    def _reserve(self, preferred: str | None) -> None:
-        w = self.server.pool.try_acquire(preferred)
+    def _reserve(self, preferred: str | None, strict: bool = False) -> None:
+        w = self.server.pool.try_acquire(preferred, strict)
         if w is not None:
             self._forward(w)
         else:
             self.state = RESERVING
-            self.task = asyncio.get_running_loop().create_task(self._guarded(self._wait_for_worker(preferred)))
+            self.task = asyncio.get_running_loop().create_task(self._guarded(self._wait_for_worker(preferred, strict)))
 
     async def _guarded(self, step: Coroutine[Any, Any, None]) -> None:
         """Run a waiting step; a bug in it must not leave the slot taken or the client hanging."""
@@ -139,11 +142,14 @@ class Exchange:
             self.client_lost()
             self.conn.transport.abort()
 
-    async def _wait_for_worker(self, preferred: str | None) -> None:
+    async def _wait_for_worker(self, preferred: str | None, strict: bool) -> None:
         server = self.server
         queued_at = monotonic()
         try:
-            w = await server.pool.acquire(preferred)
+            w = await server.pool.acquire(preferred, strict)
+        except WorkerGone:
+            self.task = None
+            return self._answer(errors.WORKER_GONE, worker=preferred)
         except QueueFull:
             self.task = None
             return self._answer(errors.QUEUE_FULL, queued=server.pool.queued)
@@ -207,7 +213,7 @@ class Exchange:
         self._release()
         self.deadline = float("inf")
         self.attempt += 1
-        if self.attempt > MAX_CONNECT_RETRIES:
+        if self.attempt > MAX_CONNECT_RETRIES or self.strict:  # strict: no other worker may take it
             return self._answer(errors.WORKER_FAILED, detail=str(exc.__cause__ or exc))
         self._reserve(None)
 
