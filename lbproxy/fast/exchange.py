@@ -353,6 +353,12 @@ class Exchange:
     # -- endings ---------------------------------------------------------------------------------
 
     def _worker_failed(self, exc: BaseException) -> None:
+        w = self.worker
+        if self.status == 0 and w is not None and w.state is WorkerState.READY and self.state is not DONE:
+            # Failed before any response (as the aiohttp engine): out of rotation now, or the slot this frees
+            # goes to a queued request on a worker that is dying; /ping brings it back if it is fine.
+            log.warning("worker %s failed before answering (%s): taken out of rotation", w.id, _describe(exc))
+            self.server.pool.set_state(w, WorkerState.UNHEALTHY, "failed a request")
         self._fail(errors.WORKER_FAILED, ((b"X-Lbproxy-Worker-Id", self.worker_id), (b"X-Request-Id", self.rid)),
                    detail=_describe(exc))
 
