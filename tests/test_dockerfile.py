@@ -174,7 +174,7 @@ def test_image_virtualenv_holds_lbproxy_and_only_its_runtime_dependencies(image)
     site = next(image.glob("lib/python3*/site-packages"))
     installed = {_name(d.metadata["Name"]): d for d in metadata.distributions(path=[str(site)])}
     needed: set[str] = set()
-    todo = [Requirement("lbproxy[kubernetes]")]
+    todo = [Requirement("lbproxy[kubernetes,fast]")]
     while todo:
         req = todo.pop()
         name = _name(req.name)
