@@ -2,20 +2,17 @@
 
 Every model forbids unknown keys, so a typo is an error instead of a silently ignored setting. Durations are
 stored as float seconds and sizes as bytes. Errors come back as ConfigError with one `key.path: reason` line
-per problem, all at once, and never as a traceback whatever the input.
+per problem, all at once, and never as a traceback whatever the input. Single values are parsed in
+lbproxy.config_values and problems worded in lbproxy.config_errors; import their public names from here.
 """
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
-import json
 import os
 import re
-import shlex
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -24,17 +21,40 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     SecretStr,
     ValidationError,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from lbproxy.catalog import BUILTIN_CATALOG, GpuCategory, check_selection, override_entry, products_for
-from lbproxy.durations import format_duration, parse_duration
+from lbproxy.config_errors import ConfigError, Loc, _field_errors, _names_a_setting, _problems
+from lbproxy.config_values import (
+    _MAX_COUNT,
+    Address,
+    ExposedPort,
+    _AddressField,
+    _api_key,
+    _ApiKey,
+    _byte_size,
+    _catalog_id,
+    _command,
+    _Count,
+    _DnsLabel,
+    _Duration,
+    _duration,
+    _env,
+    _env_name,
+    _env_value,
+    _execution,
+    _ExposedPortField,
+    _health_path,
+    _number_to_text,
+    _Port,
+    _PositiveDuration,
+    _shown,
+    _Text,
+)
 
 __all__ = [
     "Address",
@@ -55,227 +75,7 @@ __all__ = [
 ]
 
 API_KEYS_ENV = "LBPROXY_API_KEYS"
-_MAX_DURATION = 365 * 86400.0  # far beyond any sane timeout, and keeps timedelta/asyncio arithmetic finite
-_MAX_COUNT = 1_000_000  # bounds counts so that downstream arithmetic on them stays small
-_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-Loc = tuple[str | int, ...]
 _M = TypeVar("_M", bound=BaseModel)
-
-
-# ---------------------------------------------------------------------------------------------- errors
-
-
-class ConfigError(Exception):
-    """The config cannot be used; `problems` holds every reason, each `key.path: reason`."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-def _field_errors(problems: list[tuple[Loc, str]]) -> PydanticCustomError:
-    """Errors located at fields of a model (relative locs), raised by a check that spans several fields."""
-    return PydanticCustomError("lbproxy_field", "{reason}", {"reason": problems[0][1], "problems": problems})
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-# ------------------------------------------------------------------------------------- value parsers
-
-
-class Address(NamedTuple):
-    """A `HOST:PORT` to listen on; port 0 asks the OS for a free one (tests)."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    def is_loopback(self) -> bool:
-        """Whether only this machine can connect (a hostname other than localhost counts as public)."""
-        if self.host.lower() == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
-
-
-def _address(value: object) -> Address:
-    """`0.0.0.0:8080`, `[::1]:8080`, `:8080` (all IPv4 interfaces) or a bare port number."""
-    usage = "must be HOST:PORT, e.g. 0.0.0.0:8080, [::1]:8080 or :8080"
-    if isinstance(value, Address):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        host, port_text = "0.0.0.0", str(value) if value >= 0 else "-"
-    elif isinstance(value, str):
-        text = value.strip()
-        bracketed = re.fullmatch(r"\[([^\]]*)\]:(\S*)", text)
-        if bracketed:
-            host, port_text = bracketed.groups()
-            try:
-                ipaddress.IPv6Address(host)
-            except ValueError:
-                raise ValueError(f"{usage}; {host!r} is not an IPv6 address") from None
-        else:
-            host, sep, port_text = text.rpartition(":")
-            if not sep:
-                raise ValueError(f"{usage} (got {_shown(value)})")
-            if ":" in host:
-                raise ValueError(f"{usage}; put an IPv6 host in brackets, e.g. [::1]:8080")
-            host = host or "0.0.0.0"
-            if not re.fullmatch(r"[A-Za-z0-9._-]+", host):
-                raise ValueError(f"{usage}; {_shown(host)} is not a host name or address")
-    else:
-        raise ValueError(usage)
-    if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
-        raise ValueError(f"{usage}; the port must be a number from 0 to 65535")
-    return Address(host, int(port_text))
-
-
-_AddressField = Annotated[
-    Address,
-    BeforeValidator(_address),
-    PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "examples": ["0.0.0.0:8080", "[::1]:8080", ":8080"]}),
-]
-
-
-class ExposedPort(NamedTuple):
-    """An extra worker port reachable directly (`expose_ports`)."""
-
-    port: int
-    protocol: Literal["http", "tcp"]
-
-    def __str__(self) -> str:
-        return f"{self.port}/{self.protocol}"
-
-
-def _exposed_port(value: object) -> ExposedPort:
-    if isinstance(value, ExposedPort):
-        return value
-    match = re.fullmatch(r"(\d{1,5})/(http|tcp)", value.strip().lower()) if isinstance(value, str) else None
-    if not match or not 1 <= int(match[1]) <= 65535:
-        raise ValueError(f"must be PORT/http or PORT/tcp with PORT from 1 to 65535 (got {_shown(value)})")
-    return ExposedPort(int(match[1]), "http" if match[2] == "http" else "tcp")
-
-
-_ExposedPortField = Annotated[
-    ExposedPort,
-    BeforeValidator(_exposed_port),
-    PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "examples": ["8888/http", "5432/tcp"]}),
-]
-
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-_SIZE_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
-
-
-def _byte_size(value: object) -> int:
-    """Bytes from an int or `512KiB`, `30MB`, `1GiB` (MB = 10**6 bytes, MiB = 2**20)."""
-    usage = "use a number of bytes or 512KiB, 30MB, 1GiB"
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, str) and (
-        match := re.fullmatch(r"(\d{1,15}(?:\.\d{0,6})?|\.\d{1,6})\s*([a-z]*)", value.strip().lower())
-    ):
-        if match[2] not in _SIZE_UNITS:
-            raise ValueError(f"invalid size {_shown(value)} ({usage})")
-        size = round(float(match[1]) * _SIZE_UNITS[match[2]])
-    else:
-        raise ValueError(f"invalid size {_shown(value)} ({usage})")
-    if size < 1:
-        raise ValueError("must be at least 1 byte")
-    return size
-
-
-def _duration(minimum: float = 0.0, *, above: bool = False) -> Any:
-    """A validator for durations of at least `minimum` (or strictly above it), at most a year."""
-
-    def check(value: object) -> float:
-        seconds = parse_duration(value)
-        if above and seconds <= minimum:
-            raise ValueError(f"must be more than {format_duration(minimum)} (got {format_duration(seconds)})")
-        if seconds < minimum:
-            raise ValueError(f"must be at least {format_duration(minimum)} (got {format_duration(seconds)})")
-        if seconds > _MAX_DURATION:
-            raise ValueError(f"must be at most {format_duration(_MAX_DURATION)}")
-        return seconds
-
-    return BeforeValidator(check)
-
-
-def _execution(value: object) -> float | None:
-    """The execution limit: 5s to 7d, or disabled with `0`, `off`, `false` or null (stored as None)."""
-    if value is None or value is False:
-        return None
-    if isinstance(value, str) and value.strip().lower() in {"off", "false", "none", "disabled"}:
-        return None
-    seconds = parse_duration(value)
-    if seconds == 0:
-        return None
-    if not 5 <= seconds <= 7 * 86400:
-        raise ValueError(f"must be from 5s to 7d, or off (got {format_duration(seconds)})")
-    return seconds
-
-
-def _text(value: str) -> str:
-    """A non-empty single word: names, ids, keys and zones never contain whitespace."""
-    if not value:
-        raise ValueError("must not be empty")
-    if any(char.isspace() for char in value):
-        raise ValueError("must not contain whitespace")
-    return value
-
-
-def _dns_label(value: str) -> str:
-    if not _DNS_LABEL.fullmatch(value):
-        raise ValueError(
-            f"must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a "
-            f"letter or digit, at most 63 characters (got {_shown(value)})"
-        )
-    return value
-
-
-def _scalar_to_text(value: object) -> object:
-    """YAML reads `12.4`, `8000` and `true` as numbers and booleans where a string was meant."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return value
-
-
-def _number_to_text(value: object) -> object:
-    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-
-
-def _api_key(value: object) -> object:
-    # Messages never include the value: a key must not reach a log through its own error.
-    if isinstance(value, str):
-        if not value:
-            raise ValueError("must not be empty")
-        if any(char.isspace() for char in value):
-            raise ValueError("must not contain whitespace")
-        try:
-            value.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            raise ValueError("must be valid UTF-8 text") from None
-    return value
-
-
-_Text = Annotated[str, AfterValidator(_text)]
-_DnsLabel = Annotated[str, AfterValidator(_dns_label)]
-_Count = Annotated[int, Field(ge=0, le=_MAX_COUNT)]
-_Port = Annotated[int, Field(ge=1, le=65535)]
-_Duration = Annotated[float, _duration()]
-_PositiveDuration = Annotated[float, _duration(above=True)]
-_ApiKey = Annotated[SecretStr, BeforeValidator(_api_key)]
 
 
 # -------------------------------------------------------------------------------------------- models
@@ -339,12 +139,6 @@ class LimitsSettings(_Settings):
     """Requests waiting for a worker; beyond it 429."""
 
 
-def _catalog_id(value: str) -> str:
-    if not _DNS_LABEL.fullmatch(value):
-        raise ValueError("catalog ids must be lowercase letters, digits and '-', like 80gb-pro")
-    return value
-
-
 class GpuSettings(_Settings):
     categories: tuple[_Text, ...] = ()
     """Category ids in order of preference, first choice first."""
@@ -396,44 +190,6 @@ class PlacementSettings(_Settings):
     data_centers: tuple[_Text, ...] = ()
     network_volume: _Text | None = None
     model: _Text | None = None
-
-
-def _command(value: object) -> object:
-    """A string is split like a shell would (without running one); numbers in a list become text."""
-    if isinstance(value, str):
-        try:
-            value = shlex.split(value)
-        except ValueError as exc:
-            raise ValueError(f"cannot split the command: {exc}") from None
-    if isinstance(value, list | tuple):
-        if not value:
-            raise ValueError("must not be empty (the argv that starts one worker)")
-        return [_number_to_text(arg) for arg in value]
-    return value
-
-
-def _health_path(value: str) -> str:
-    if not value.startswith("/") or any(char.isspace() for char in value):
-        raise ValueError(f"must be a path starting with '/', like /ping (got {_shown(value)})")
-    return value
-
-
-def _env_name(value: str) -> str:
-    if not _ENV_NAME.fullmatch(value):
-        raise ValueError(f"invalid variable name {_shown(value)} (letters, digits, '_'; not first a digit)")
-    return value
-
-
-def _env_value(value: str) -> str:
-    if "\0" in value:
-        raise ValueError("must not contain a NUL character")
-    return value
-
-
-def _env(value: object) -> object:
-    if isinstance(value, Mapping):
-        return {name: _scalar_to_text(text) for name, text in value.items()}
-    return value
 
 
 class WorkerSettings(_Settings):
@@ -546,7 +302,7 @@ class Config(_Settings):
         Raises KeyError for a path that names no setting, so a misspelt check fails loudly.
         """
         parts = dotted.split(".")
-        if not _names_a_setting(parts):
+        if not _names_a_setting(parts, Config):
             raise KeyError(f"{dotted}: no such setting")
         node: object = self
         for part in parts:
@@ -559,134 +315,6 @@ class Config(_Settings):
                     return False
                 node = node[part]
         return True
-
-
-# ------------------------------------------------------------------------------- error translation
-
-_SIMPLE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
-
-
-def _segment(part: str | int) -> str:
-    text = str(part)
-    if _SIMPLE_KEY.fullmatch(text):
-        return text
-    return json.dumps(text if len(text) <= 40 else text[:37] + "...")
-
-
-def _path(loc: Loc, *, last_is_key: bool = False) -> str:
-    """`gpu.categories[1]`, `worker.env."A B"`: dots between keys, brackets for list indexes."""
-    parts = list(loc)
-    text = ""
-    for index, part in enumerate(parts):
-        if part == "[key]":
-            continue
-        next_part = parts[index + 1] if index + 1 < len(parts) else None
-        is_key = next_part == "[key]" or (last_is_key and next_part is None)
-        if isinstance(part, int) and not is_key:
-            text += f"[{part}]"
-        else:
-            text += ("." if text else "") + _segment(part)
-    return text or "config"
-
-
-_NOT_A_SETTING = object()
-
-
-def _annotation_at(loc: Loc | list[str]) -> Any:
-    """The type a config path holds (`_NOT_A_SETTING` if none): settings models by field, dicts by any key."""
-    current: Any = Config
-    for part in loc:
-        if get_origin(current) is dict:
-            current = get_args(current)[1]
-        elif isinstance(current, type) and issubclass(current, BaseModel) and isinstance(part, str):
-            field = current.model_fields.get(part)
-            if field is None:
-                return _NOT_A_SETTING
-            current = field.annotation
-        else:
-            return _NOT_A_SETTING
-    return current
-
-
-def _names_a_setting(parts: list[str]) -> bool:
-    return _annotation_at(parts) is not _NOT_A_SETTING
-
-
-def _model_at(loc: Loc) -> type[BaseModel] | None:
-    """The settings model that holds the keys at `loc`, to suggest the key a typo meant."""
-    current = _annotation_at(loc)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _unknown_key(loc: Loc) -> str:
-    model = _model_at(loc[:-1])
-    if model is None:
-        return "unknown key"
-    known = list(model.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-    if close:
-        return f"unknown key (did you mean {close[0]!r}?)"
-    return f"unknown key (known: {', '.join(known)})"
-
-
-_REASONS = {
-    "missing": "required",
-    "invalid_key": "keys must be strings",
-    "int_type": "must be an integer",
-    "int_parsing": "must be an integer",
-    "int_from_float": "must be a whole number",
-    "int_parsing_size": "number too large",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "finite_number": "must be a finite number",
-    "bool_type": "must be true or false",
-    "bool_parsing": "must be true or false",
-    "string_type": "must be a string",
-    "list_type": "must be a list",
-    "tuple_type": "must be a list",
-    "dict_type": "must be a mapping",
-    "model_type": "must be a mapping of settings",
-    "model_attributes_type": "must be a mapping of settings",
-}
-
-
-def _reason(error: Any) -> str:
-    kind, ctx, loc = error["type"], error.get("ctx") or {}, tuple(error["loc"])
-    if kind == "extra_forbidden":
-        return _unknown_key(loc)
-    if loc and loc[-1] == "[key]" and kind == "string_type":
-        return "keys must be strings"
-    if kind in _REASONS:
-        return _REASONS[kind]
-    if kind in {"value_error", "assertion_error"} and "error" in ctx:
-        return str(ctx["error"])
-    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
-              "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
-    if kind in bounds:
-        symbol, key = bounds[kind]
-        return f"must be {symbol} {ctx.get(key)}"
-    if kind == "literal_error":
-        return f"must be {ctx.get('expected')}"
-    if kind == "string_too_short":
-        return "must not be empty"
-    if kind == "too_short":
-        count = ctx.get("min_length")
-        return "must not be empty" if count == 1 else f"must have at least {count} entries"
-    message = str(error.get("msg", "invalid"))
-    message = message.removeprefix("Value error, ").replace("Input should be", "must be", 1)
-    return message[:1].lower() + message[1:]
-
-
-def _problems(exc: ValidationError) -> list[str]:
-    problems: list[str] = []
-    for error in exc.errors(include_url=False):
-        loc: Loc = tuple(error["loc"])
-        if error["type"] == "lbproxy_field":
-            for sub_loc, reason in (error.get("ctx") or {}).get("problems", []):
-                problems.append(f"{_path(loc + tuple(sub_loc))}: {reason}")
-        else:
-            problems.append(f"{_path(loc, last_is_key=error['type'] == 'invalid_key')}: {_reason(error)}")
-    return list(dict.fromkeys(problems))
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -715,7 +343,7 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc) + problems) from None
+        raise ConfigError(_problems(exc, Config) + problems) from None
     except RecursionError:
         raise ConfigError(["config: nested too deeply"]) from None
     if problems:

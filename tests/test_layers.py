@@ -8,7 +8,7 @@ import pytest
 
 from .conftest import ROOT
 
-PURE = ["policy", "routing", "config", "durations", "catalog", "checks"]
+PURE = ["policy", "routing", "config", "config_values", "config_errors", "durations", "catalog", "checks"]
 FORBIDDEN = {"aiohttp", "asyncio", "subprocess", "socket", "kubernetes", "httpx", "signal"}
 
 
