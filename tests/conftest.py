@@ -185,6 +185,15 @@ def start_endpoint(tmp_path: Path) -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture
+def start_fast(start_endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """``start_endpoint`` on the fast engine, whatever LBPROXY_ENGINE says (its own tests)."""
+    async def start(**overrides: Any) -> Endpoint:
+        ep: Endpoint = await start_endpoint(env={"LBPROXY_ENGINE": "fast"}, **overrides)
+        return ep
+    return start
+
+
+@pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=30) as c:
         yield c

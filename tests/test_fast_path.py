@@ -18,15 +18,7 @@ import pytest
 
 from .conftest import Endpoint, until
 
-FAST = {"LBPROXY_ENGINE": "fast"}
 Head = tuple[bytes, dict[str, str]]
-
-
-@pytest.fixture
-def start_fast(start_endpoint):
-    async def start(**overrides: Any) -> Endpoint:
-        return await start_endpoint(env=FAST, **overrides)
-    return start
 
 
 async def ready_worker(ep: Endpoint) -> dict[str, Any]:

@@ -282,7 +282,8 @@ class Exchange:
         self.status = status
         self.out, self.mode, self.client_keep, framed = framing.response_head(
             status, reason, headers, head_request=self.head_request, http10=self.http10,
-            keep_alive=self.keep_alive and not self.close_after and not self.server.closing,
+            # A response before the whole request body (an early answer) ends the connection: say so up front.
+            keep_alive=self.keep_alive and self.request_done and not self.close_after and not self.server.closing,
             worker_id=self.worker_id, rid=self.rid)
         if self.head_request:
             return SKIP_BODY

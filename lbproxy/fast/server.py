@@ -42,6 +42,21 @@ OPEN, LINGERING, CLOSED, HANDED_OFF = range(4)
 _NEVER = float("inf")
 
 
+def _declares_body(headers: list[Header]) -> bool:
+    """Whether a request head announces a body (Transfer-Encoding, or a Content-Length other than 0)."""
+    for name, value in headers:
+        name = name.lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+def _connection_upgrade(headers: list[Header]) -> bool:
+    """'Connection: upgrade': only then does llhttp stop at the head and hand over what follows (the tail)."""
+    return any(name.lower() == b"connection" and b"upgrade" in {t.strip().lower() for t in value.split(b",")}
+               for name, value in headers)
+
+
 class _Stop(Exception):
     """Raised in a parser callback: parse nothing further on this connection."""
 
@@ -51,9 +66,9 @@ class _HeadTooLarge(Exception):
 
 
 class ClientConnection(asyncio.Protocol):
-    __slots__ = ("blocked", "deadline", "head_raw", "head_size", "headers", "last", "linger_left", "parser", "peer",
-                 "queue", "receiving", "server", "start_pending", "started", "state", "tail", "transport", "url",
-                 "writing_paused")
+    __slots__ = ("blocked", "chunk_raw", "deadline", "head_raw", "head_size", "headers", "last", "linger_left",
+                 "parser", "peer", "queue", "receiving", "server", "start_pending", "started", "state", "tail",
+                 "transport", "url", "writing_paused")
 
     def __init__(self, server: FastServer) -> None:
         self.server = server
@@ -75,6 +90,8 @@ class ClientConnection(asyncio.Protocol):
         self.tail: bytes | None = None  # what followed a WebSocket handshake, for aiohttp
         self.start_pending = False
         self.linger_left = 0  # bytes still to send while lingering, at the last look
+        # Bytes read since a chunk-size line or the trailer section began (-1: it began in this read; None: not in one)
+        self.chunk_raw: int | None = None
 
     # -- asyncio ---------------------------------------------------------------------------------
 
@@ -99,6 +116,14 @@ class ClientConnection(asyncio.Protocol):
         except HttpParserError as exc:
             self._malformed(str(exc) or type(exc).__name__)
         else:
+            if self.chunk_raw is not None:  # httptools buffers a trailer line whole: bound it as a head
+                if self.chunk_raw < 0:
+                    self.chunk_raw = 0
+                else:
+                    self.chunk_raw += len(data)
+                    if self.chunk_raw > MAX_HEAD:
+                        self.chunk_raw = None
+                        self._malformed("chunk header or trailer section too large")
             if self.head_size >= 0:  # a head still incomplete: httptools holds a partial header line meanwhile
                 if self.head_raw < 0:  # it began in this read, which is bounded by the transport's read size
                     self.head_raw = 0
@@ -154,6 +179,8 @@ class ClientConnection(asyncio.Protocol):
             raise _HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_size < 0:  # a trailer field of a chunked body: not forwarded
+            return
         self.head_size += len(name) + len(value) + 4
         if self.head_size > MAX_HEAD or len(self.headers) >= MAX_HEADERS:
             raise _HeadTooLarge
@@ -174,7 +201,7 @@ class ClientConnection(asyncio.Protocol):
             ex.reject(MALFORMED, close=True, detail=f"HTTP/{version} is not supported")
         else:
             info = framing.scan_request(self.headers, self.server.drop_authorization)
-            if info.websocket and ex.method == b"GET":  # Proxy.handle's test for a WebSocket
+            if info.websocket and ex.method == b"GET" and _connection_upgrade(self.headers):  # llhttp upgrades
                 ex.handoff = framing.websocket_head(ex.method, ex.url, version.encode(), self.headers)
                 self.last = True
             else:
@@ -182,7 +209,14 @@ class ClientConnection(asyncio.Protocol):
         self._enqueue(ex)
         self.receiving = ex
 
+    def on_chunk_header(self) -> None:
+        self.chunk_raw = -1
+
+    def on_chunk_complete(self) -> None:
+        self.chunk_raw = None
+
     def on_body(self, body: bytes) -> None:
+        self.chunk_raw = None
         ex = self.receiving
         if ex is not None:
             ex.request_body(body)
@@ -209,7 +243,14 @@ class ClientConnection(asyncio.Protocol):
         if self.queue and self.queue[-1].handoff is not None:
             self.tail = data[offset:]
             self.block(UPGRADE_FLAG)
-        elif not self.last and offset < len(data):
+        elif self.last:
+            pass
+        elif self.queue and _declares_body(self.headers):
+            # llhttp ends an upgrade request at its head: a body it declared would be read as the next request
+            # (and the worker, told Content-Length, would read the next request as that body).
+            self.queue[-1].reject(MALFORMED, close=True, detail="a request body with 'Upgrade' is not supported")
+            self.last = True
+        elif offset < len(data):
             # An upgrade lbproxy does not take (h2c): answered as plain HTTP/1.1, the connection goes on so.
             self.data_received(data[offset:])
 

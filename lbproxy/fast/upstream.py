@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 from typing import Protocol, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
@@ -42,6 +43,10 @@ class ResponseSink(Protocol):
 
 class _SkipBody(Exception):
     """A HEAD response ends with its head. httptools cannot tell llhttp so, hence this exception."""
+
+
+class _Stray(Exception):
+    """A worker sent a message nobody asked for (after a complete response, in the same read)."""
 
 
 class Endpoint:
@@ -93,6 +98,9 @@ class UpstreamConnection(asyncio.Protocol):
                 if sink is not None:  # reusable only if nothing followed the head (a worker bug otherwise)
                     sink.response_complete(self.keep_alive and data.endswith(b"\r\n\r\n"))
                 return
+            if isinstance(cause, _Stray):
+                self.close()
+                return
             log.error("bug while reading a worker's response", exc_info=cause)
             self._fail(cause or exc)
         except HttpParserError as exc:  # includes an unexpected 101 (lbproxy never asks workers to upgrade here)
@@ -127,6 +135,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink.upstream_writable(True)
 
     # -- llhttp ----------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.sink is None:  # bytes after the response in the same read: not ours to forward, nor to reuse
+            raise _Stray
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -188,6 +200,20 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
 
+_POLL_FLAGS = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+
+
+def _has_news(c: UpstreamConnection) -> bool:
+    """Whether an idle connection has anything to read (the worker's FIN or RST, stray bytes) that the event loop
+    has not delivered yet: then it is not reusable."""
+    sock = c.transport.get_extra_info("socket")
+    if sock is None:
+        return True
+    p = select.poll()
+    p.register(sock.fileno(), _POLL_FLAGS)
+    return bool(p.poll(0))
+
+
 class UpstreamPool:
     """Idle keep-alive connections per worker, and new ones on demand."""
 
@@ -206,7 +232,7 @@ class UpstreamPool:
         idle = ep.idle
         while idle:
             c = idle.pop()
-            if not c.closed and now - c.idle_since < self.keepalive:
+            if not c.closed and now - c.idle_since < self.keepalive and not _has_news(c):
                 return c
             c.close()
         return None
