@@ -116,3 +116,14 @@ def test_hop_by_hop_headers_are_dropped_in_any_spelling():
     for name in (b"proxy-authorization", b"te", b"keep-alive", b"upgrade"):
         assert b"\r\n" + name + b":" not in lower, name
     assert b"\r\nx-request-id: r\r\n" in lower and b"authorization: bearer k" in lower  # responses keep it
+
+
+def test_transfer_codings_other_than_chunked_stay_named_for_the_client():
+    """llhttp takes the chunking off a 'gzip, chunked' body, not the gzip: the client must still be told."""
+    for te in (b"gzip, chunked", b"gzip"):
+        head, mode, _, _ = framing.response_head(200, b"OK", [(b"Transfer-Encoding", te)], head_request=False,
+                                                 http10=False, keep_alive=True, worker_id=b"w", rid=b"r")
+        assert mode == framing.CHUNKED and b"Transfer-Encoding: gzip, chunked\r\n" in head, head
+    head, _, _, _ = framing.response_head(200, b"OK", [(b"Transfer-Encoding", b"chunked")], head_request=False,
+                                          http10=False, keep_alive=True, worker_id=b"w", rid=b"r")
+    assert head.count(b"Transfer-Encoding") == 1 and b"Transfer-Encoding: chunked\r\n" in head

@@ -220,6 +220,7 @@ def response_head(
     named: set[bytes] | None = None
     length: bytes | None = None
     chunked = has_date = has_type = False
+    codings: bytes | None = None  # transfer codings other than chunked (gzip): they stay on the body
     cache = _response_kind
     for name, value in headers:
         kind = cache.get(name)
@@ -233,6 +234,9 @@ def response_head(
             named = _named(value, named)
         elif kind == _TE:
             chunked = _last_coding(value) == b"chunked"
+            others = [c.strip() for c in value.split(b",") if c.strip() and c.strip().lower() != b"chunked"]
+            if others:
+                codings = b", ".join(others) if codings is None else codings + b", " + b", ".join(others)
         else:
             if kind == _LENGTH:
                 length = value.strip()
@@ -258,7 +262,10 @@ def response_head(
     if not has_type and not no_body and length != b"0":
         parts.append(b"Content-Type: application/octet-stream\r\n")
     if mode == CHUNKED:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
+        if codings is not None:  # llhttp took the chunking off, not gzip and the like: the client must know
+            parts += (b"Transfer-Encoding: ", codings, b", chunked\r\n")
+        else:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
     keep_alive = keep_alive and mode != UNTIL_CLOSE
     if not keep_alive:
         if not http10:

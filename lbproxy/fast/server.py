@@ -352,6 +352,9 @@ class ClientConnection(asyncio.Protocol):
         self.state = LINGERING
         self.last = True
         self.tail = None
+        for ex in self.queue:  # pipelined requests never to be answered (the client retries them elsewhere)
+            ex.client_lost()
+        self.queue.clear()
         t = self.transport
         if self.blocked:
             self.blocked = 0
