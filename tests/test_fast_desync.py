@@ -183,6 +183,15 @@ RAW_WORKER = textwrap.dedent(r'''
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     writer.close()
                     return
+                elif path == b"/arm":
+                    # The idle-close race, made certain: this connection takes the next request and closes
+                    # without answering it, as a worker closing an idle keep-alive connection under it would.
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\narmed")
+                    await writer.drain()
+                    await reader.readuntil(b"\r\n\r\n")
+                    with open(os.path.join(os.environ["RAW_DIR"], "dropped"), "a") as f:
+                        f.write("1\n")
+                    return
                 elif path == b"/extra":
                     # A worker bug: a second, partial response right behind the first, in the same write.
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -213,7 +222,8 @@ def start_raw(start_fast, tmp_path):
     script.write_text(RAW_WORKER)
 
     async def start(**overrides: Any) -> Endpoint:
-        ep: Endpoint = await start_fast(worker={"command": [sys.executable, str(script)]},
+        ep: Endpoint = await start_fast(worker={"command": [sys.executable, str(script)],
+                                                "env": {"RAW_DIR": str(tmp_path)}},
                                         workers={"active": 1, "max": 1}, **overrides)
         await ready_worker(ep)
         return ep
@@ -240,3 +250,20 @@ async def test_bytes_after_a_complete_worker_response_never_reach_the_next_clien
     assert (r.status_code, r.content) == (200, b"path=/innocent")
     assert "x-lbproxy-worker-id" in r.headers
     await ep.wait_workers(lambda ws: ws[0]["in_flight"] == 0, "the slot to be freed", timeout=5)
+
+
+async def test_an_idempotent_request_lost_on_a_reused_connection_goes_again_once(start_raw, tmp_path):
+    ep = await start_raw()
+    reader, writer = await connect(ep)
+    writer.write(b"GET /arm HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_response(reader))[2] == b"armed"
+    status, _, body = await read_response(reader)  # dropped by the worker on the reused connection, sent again
+    assert status.startswith(b"HTTP/1.1 200") and body == b"path=/after", (status, body)
+    assert (tmp_path / "dropped").read_text() == "1\n"
+    # A POST is not idempotent: lost the same way, it fails (502), and the worker is not blamed for the race.
+    writer.write(b"GET /arm HTTP/1.1\r\nHost: x\r\n\r\nPOST /after HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+    assert (await read_response(reader))[2] == b"armed"
+    status, _, body = await read_response(reader)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 502") and body_json(body)["error"] == "worker_failed"
+    assert [w["state"] for w in await ep.workers()] == ["ready"]

@@ -35,6 +35,8 @@ BODY_FLAG = 2  # ClientConnection.block(): the request body cannot go anywhere r
 _RETRY_NO_WORKER = ((b"Retry-After", RETRY_AFTER_SECONDS.encode()),)
 _RETRY_SOON = ((b"Retry-After", b"1"),)
 _UNAUTHORIZED = ((b"WWW-Authenticate", b"Bearer"),)
+# Sent again once when a reused worker connection fails before answering (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 QUEUED, RESERVING, CONNECTING, FORWARDING, DONE = range(5)
 Details = dict[str, object]
@@ -43,7 +45,8 @@ Details = dict[str, object]
 class Exchange:
     __slots__ = ("attempt", "body", "buffered", "chunked", "client_keep", "close_after", "conn", "deadline",
                  "error", "expect_continue", "handoff", "head_request", "http10", "keep_alive", "method", "mode",
-                 "out", "preferred", "received", "request_done", "rid", "server", "started", "state", "status",
+                 "out", "preferred", "received", "request_done", "resend", "rid", "server", "started", "state",
+                 "status",
                  "strict", "tail", "task", "upstream", "url", "worker", "worker_id")
 
     def __init__(self, conn: ClientConnection, started: float, method: bytes, url: bytes, http10: bool,
@@ -80,6 +83,7 @@ class Exchange:
         self.mode = EMPTY
         self.out: bytes | None = None  # the response head, held to go out with the first body bytes
         self.client_keep = False
+        self.resend: bytes | None = None  # the whole request, while it may be sent once more (see upstream_failed)
 
     # -- the request head ------------------------------------------------------------------------
 
@@ -224,14 +228,21 @@ class Exchange:
         self.state = FORWARDING
         if self.conn.writing_paused:
             c.pause_reading()
-        parts = [self.method, b" ", self.url, b" HTTP/1.1\r\n", c.endpoint.host_line, self.tail]
-        if self.body:
-            parts += self.body
-            self.body = None
-            self.buffered = 0
-        if self.request_done and self.chunked:
-            parts.append(LAST_CHUNK)
-        c.transport.write(b"".join(parts))
+        data = self.resend
+        if data is None:
+            parts = [self.method, b" ", self.url, b" HTTP/1.1\r\n", c.endpoint.host_line, self.tail]
+            if self.body:
+                parts += self.body
+                self.body = None
+                self.buffered = 0
+            if self.request_done and self.chunked:
+                parts.append(LAST_CHUNK)
+            data = b"".join(parts)
+            if c.reused and self.request_done and self.method in IDEMPOTENT:
+                self.resend = data
+        else:
+            self.resend = None  # the second and last attempt
+        c.transport.write(data)
         if not c.writing_paused:
             self.conn.unblock(BODY_FLAG)
 
@@ -334,6 +345,19 @@ class Exchange:
         self._finish(self.client_keep and self.request_done)
 
     def upstream_failed(self, exc: BaseException) -> None:
+        """The worker connection failed. A reused one that fails before any response byte was most likely
+        closed by the worker as idle just as the request went out (a race no check can close): an idempotent
+        request sent whole goes again once, on a new connection, as nginx and Go's net/http do."""
+        w = self.worker
+        if self.resend is not None and self.status == 0 and self.state is FORWARDING and w is not None:
+            c = self.upstream
+            self.upstream = None
+            if c is not None:
+                c.close()
+            self.state = CONNECTING
+            ep = self.server.upstream.endpoint(w)
+            self.task = asyncio.get_running_loop().create_task(self._guarded(self._connect(ep)))
+            return
         self._worker_failed(exc)
 
     def upstream_writable(self, writable: bool) -> None:
@@ -355,7 +379,9 @@ class Exchange:
 
     def _worker_failed(self, exc: BaseException) -> None:
         w = self.worker
-        if self.status == 0 and w is not None and w.state is WorkerState.READY and self.state is not DONE:
+        c = self.upstream
+        if (self.status == 0 and w is not None and w.state is WorkerState.READY and self.state is not DONE
+                and (c is None or not c.reused)):  # a reused connection's failure may be the idle-close race
             # Failed before any response (as the aiohttp engine): out of rotation now, or the slot this frees
             # goes to a queued request on a worker that is dying; /ping brings it back if it is fine.
             log.warning("worker %s failed before answering (%s): taken out of rotation", w.id, _describe(exc))

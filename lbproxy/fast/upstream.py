@@ -62,7 +62,7 @@ class Endpoint:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("closed", "endpoint", "headers", "idle_since", "informational", "keep_alive", "parser",
-                 "reading_paused", "reason", "sink", "transport", "until_close", "writing_paused")
+                 "reading_paused", "reason", "reused", "sink", "transport", "until_close", "writing_paused")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -75,6 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.until_close = False
         self.informational = False
         self.idle_since = 0.0
+        self.reused = False  # taken from the pool: the worker may have closed it just as a request went out
         self.closed = False
         self.writing_paused = False
         self.reading_paused = False
@@ -233,6 +234,7 @@ class UpstreamPool:
         while idle:
             c = idle.pop()
             if not c.closed and now - c.idle_since < self.keepalive and not _has_news(c):
+                c.reused = True
                 return c
             c.close()
         return None
