@@ -183,12 +183,15 @@ RAW_WORKER = textwrap.dedent(r'''
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     writer.close()
                     return
-                elif path == b"/arm":
+                elif path in (b"/arm", b"/arm-slow"):
                     # The idle-close race, made certain: this connection takes the next request and closes
                     # without answering it, as a worker closing an idle keep-alive connection under it would.
+                    # /arm-slow: after working on it for a second (then it is not that race).
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\narmed")
                     await writer.drain()
                     await reader.readuntil(b"\r\n\r\n")
+                    if path == b"/arm-slow":
+                        await asyncio.sleep(1)
                     with open(os.path.join(os.environ["RAW_DIR"], "dropped"), "a") as f:
                         f.write("1\n")
                     return
@@ -267,3 +270,14 @@ async def test_an_idempotent_request_lost_on_a_reused_connection_goes_again_once
     writer.close()
     assert status.startswith(b"HTTP/1.1 502") and body_json(body)["error"] == "worker_failed"
     assert [w["state"] for w in await ep.workers()] == ["ready"]
+
+
+async def test_an_idempotent_request_the_worker_worked_on_is_not_sent_again(start_raw, tmp_path):
+    ep = await start_raw()
+    reader, writer = await connect(ep)
+    writer.write(b"GET /arm-slow HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_response(reader))[2] == b"armed"
+    status, _, body = await read_response(reader)  # lost after a second of work: maybe acted on, not resent
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 502") and body_json(body)["error"] == "worker_failed"
+    assert (tmp_path / "dropped").read_text() == "1\n"

@@ -37,6 +37,7 @@ _RETRY_SOON = ((b"Retry-After", b"1"),)
 _UNAUTHORIZED = ((b"WWW-Authenticate", b"Bearer"),)
 # Sent again once when a reused worker connection fails before answering (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+RESEND_WINDOW = 0.5  # seconds after sending in which such a failure is taken for the idle-close race
 
 QUEUED, RESERVING, CONNECTING, FORWARDING, DONE = range(5)
 Details = dict[str, object]
@@ -45,8 +46,8 @@ Details = dict[str, object]
 class Exchange:
     __slots__ = ("attempt", "body", "buffered", "chunked", "client_keep", "close_after", "conn", "deadline",
                  "error", "expect_continue", "handoff", "head_request", "http10", "keep_alive", "method", "mode",
-                 "out", "preferred", "received", "request_done", "resend", "rid", "server", "started", "state",
-                 "status",
+                 "out", "preferred", "received", "request_done", "resend", "resend_by", "rid", "server", "started",
+                 "state", "status",
                  "strict", "tail", "task", "upstream", "url", "worker", "worker_id")
 
     def __init__(self, conn: ClientConnection, started: float, method: bytes, url: bytes, http10: bool,
@@ -84,6 +85,7 @@ class Exchange:
         self.out: bytes | None = None  # the response head, held to go out with the first body bytes
         self.client_keep = False
         self.resend: bytes | None = None  # the whole request, while it may be sent once more (see upstream_failed)
+        self.resend_by = 0.0  # ... until then
 
     # -- the request head ------------------------------------------------------------------------
 
@@ -194,6 +196,8 @@ class Exchange:
             c = await self.server.upstream.connect(ep)
         except NotSent as exc:
             self.task = None
+            if self.resend_by:  # sending again after a reused connection failed: the worker is gone, not another
+                return self._worker_failed(exc)
             return self._not_sent(exc)
         except TimeoutError:
             self.task = None
@@ -239,7 +243,7 @@ class Exchange:
                 parts.append(LAST_CHUNK)
             data = b"".join(parts)
             if c.reused and self.request_done and self.method in IDEMPOTENT:
-                self.resend = data
+                self.resend, self.resend_by = data, monotonic() + RESEND_WINDOW
         else:
             self.resend = None  # the second and last attempt
         c.transport.write(data)
@@ -345,11 +349,13 @@ class Exchange:
         self._finish(self.client_keep and self.request_done)
 
     def upstream_failed(self, exc: BaseException) -> None:
-        """The worker connection failed. A reused one that fails before any response byte was most likely
-        closed by the worker as idle just as the request went out (a race no check can close): an idempotent
-        request sent whole goes again once, on a new connection, as nginx and Go's net/http do."""
+        """The worker connection failed. A reused one that fails before any response byte, right after the
+        request went out, was most likely closed by the worker as idle at that moment (a race no check can
+        close): an idempotent request sent whole goes again once, on a new connection to the same worker, as
+        nginx and Go's net/http do. Later, the worker may have been working on it: no second time then."""
         w = self.worker
-        if self.resend is not None and self.status == 0 and self.state is FORWARDING and w is not None:
+        if (self.resend is not None and self.status == 0 and self.state is FORWARDING and w is not None
+                and monotonic() <= self.resend_by):
             c = self.upstream
             self.upstream = None
             if c is not None:
