@@ -199,6 +199,12 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+def ws_text_frame(text: str) -> bytes:
+    """A masked client text frame (RFC 6455 5.2), payload under 126 bytes."""
+    payload, mask = text.encode(), b"\x01\x02\x03\x04"
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 def error_of(response: httpx.Response) -> str:
     """The stable error code of one of lbproxy's own JSON errors."""
     assert response.headers["content-type"].startswith("application/json"), response.text

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import struct
 import time
 
 import httpx
 import pytest
 
-from .conftest import error_of, pid_alive, until
+from .conftest import error_of, pid_alive, until, ws_text_frame
 
 
 @pytest.fixture(autouse=True, params=["fast", "aiohttp"])
@@ -366,6 +368,36 @@ async def test_strict_affinity_waits_for_the_named_worker_or_fails_when_it_is_go
     r = await client.get(ep.url + "/echo", headers={"X-Lbproxy-Worker-Id": "strict gone-worker"})
     assert r.status_code == 404 and error_of(r) == "worker_gone"
     assert "gone-worker" in r.json()["message"]
+
+
+async def test_websocket_client_vanishing_mid_session_frees_the_slot_and_ends_the_worker_session(
+        start_endpoint, client):
+    ep = await start_endpoint(workers={"active": 1, "max": 1, "concurrency": 1})
+    [w] = await ep.wait_workers(lambda ws: len(ws) == 1 and ws[0]["state"] == "ready", "the worker")
+    host, port = ep.config["listen"].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                 + ws_text_frame("hello"))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert await asyncio.wait_for(reader.readexactly(7), 10) == b"\x81\x05hello"
+
+    async def worker_sessions() -> int:
+        return int((await client.get(f"http://{w['address']}/stats")).json()["inflight"])
+
+    assert await worker_sessions() == 1
+    # The client vanishes: no close frame, no FIN, a RST (a phone losing its network looks alike to lbproxy).
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+    await ep.wait_workers(lambda ws: ws[0]["in_flight"] == 0, "lbproxy to free the WebSocket's slot")
+    await until(lambda: _no_sessions(worker_sessions), 10, "the worker's side of the session to end")
+    r = await client.get(ep.url + "/echo")  # concurrency 1: the slot is really free
+    assert r.status_code == 200
+
+
+async def _no_sessions(sessions) -> bool:
+    return await sessions() == 0
 
 
 async def test_status_and_metrics_describe_the_endpoint(start_endpoint, client):

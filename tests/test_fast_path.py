@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import Endpoint, until
+from .conftest import Endpoint, until, ws_text_frame
 
 Head = tuple[bytes, dict[str, str]]
 
@@ -383,12 +383,6 @@ async def test_execution_timeout_mid_response_cuts_the_connection(start_fast):
     writer.close()
     await ep.wait_workers(lambda ws: ws[0]["in_flight"] == 0, "the slot to be freed")
     await until(lambda: _inflight(w, 0), 5, "the worker to see its request end")
-
-
-def ws_text_frame(text: str) -> bytes:
-    """A masked client text frame (RFC 6455 5.2), payload under 126 bytes."""
-    payload, mask = text.encode(), b"\x01\x02\x03\x04"
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 async def test_websocket_handshake_after_a_pipelined_request_is_handed_to_aiohttp(start_fast):
