@@ -27,7 +27,7 @@ class Admin:
         controller: Controller,
         metrics_render: Callable[[], bytes],
         describe: Callable[[str], dict[str, object]],
-        notices: list[str],
+        notices: Callable[[], list[str]],
         backend_status: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         self.config = config
@@ -116,7 +116,7 @@ class Admin:
             },
             "leading": c.leading,
             "last_decisions": list(c.decisions),
-            "notices": self.notices,
+            "notices": self.notices(),
         }
 
     async def status_json(self, request: web.Request) -> web.Response:

@@ -149,14 +149,16 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     except StartFailed as exc:
         log.error("cannot start: %s", exc)
         return 2
-    all_notices = [*notices(config), *getattr(backend, "notices", [])]
-    for notice in all_notices:
+    config_notices = notices(config)
+    backend_notices: list[str] = getattr(backend, "notices", [])  # the backend may add some later (RBAC)
+    for notice in [*config_notices, *backend_notices]:
         log.warning("%s", notice)
     proxy = Proxy(config, pool, metrics)
     if not proxy.keys.enabled:
         log.warning("auth.api_keys is empty: the endpoint is open to anyone who can reach %s:%d",
                     config.listen.host, config.listen.port)
-    admin = Admin(config, pool, controller, metrics.render, backend.describe, all_notices,
+    admin = Admin(config, pool, controller, metrics.render, backend.describe,
+                  lambda: [*config_notices, *backend_notices],
                   getattr(backend, "status", None))
     metrics.watch(admin.counts_by_state, lambda: controller.leading)
 
