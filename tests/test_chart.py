@@ -479,7 +479,7 @@ def test_backend_calls_are_the_ones_the_chart_knows():
         (_SERVICES, "", "services", "update"), (_VOLUME, "", "persistentvolumeclaims", "get"),
         (_LEADER, "coordination.k8s.io", "leases", "get"), (_LEADER, "coordination.k8s.io", "leases", "create"),
         (_LEADER, "coordination.k8s.io", "leases", "update"), (_LEADER, "coordination.k8s.io", "leases", "patch"),
-        (_FLASHBOOT, "", "nodes", "patch")}
+        (_FLASHBOOT, "", "nodes", "list"), (_FLASHBOOT, "", "nodes", "patch")}
 
 
 @pytest.mark.parametrize("values, enabled", [

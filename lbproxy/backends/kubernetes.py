@@ -6,6 +6,8 @@
   check that the ReplicaSet took that pod (it ranks unscheduled and not-ready pods first).
 - The pod watch resumes from its resourceVersion, re-lists on 410 Gone and backs off while the API is down;
   the proxy keeps routing to the workers it knows meanwhile.
+- flashboot: a node gets the label ``<flashboot_prefix><endpoint>=<unix time>`` when a worker runs there; at start
+  and then hourly, labels older than ``FLASHBOOT_RETENTION`` go from nodes that run no worker now.
 - Workers outlive the proxy: ``close()`` leaves the Deployments as they are (another replica, or the next
   start of lbproxy, takes over the same pods).
 """
@@ -24,7 +26,7 @@ from ..config import Config
 from ..kube import manifests
 from ..kube.client import ApiException, KubeClient, is_unreachable
 from ..kube.fallback import PoolState, choose_pool, moves
-from ..kube.placement import flashboot_label
+from ..kube.placement import expired_flashboot_nodes, flashboot_label
 from .base import StartFailed, WorkerAddress, WorkerEvents
 
 log = logging.getLogger("lbproxy.backend.kubernetes")
@@ -33,7 +35,12 @@ VICTIM_COST = "-1000"
 STOP_VERIFY_SECONDS = 30.0
 BACKOFF_MAX = 30.0
 FALLBACK_CHECK = 1.0
-FLASHBOOT_RELABEL = 3600.0
+FLASHBOOT_RELABEL = 3600.0  # also the period of the flashboot label expiry
+# How long a node's flashboot label means "ran this endpoint recently". A day spans the daily cycle flashboot is
+# for (scaled down overnight, back up in the morning); after it, a busy GPU node has likely lost the image to
+# the kubelet's image garbage collection (on disk pressure, or imageMaximumGCAge), and preferring it would only
+# pull workers towards a node that pulls the image again anyway.
+FLASHBOOT_RETENTION = 24 * 3600.0
 
 
 @dataclass(eq=False, slots=True)
@@ -64,6 +71,8 @@ class KubernetesBackend:
         self._tasks: list[asyncio.Task[None]] = []
         self._labelled_nodes: dict[str, float] = {}
         self._flashboot = config.flashboot
+        self._expiring = config.flashboot  # off when nodes cannot be listed
+        self._pods_known = asyncio.Event()  # set by the first pod list: which nodes run a worker is known
         self._port = config.worker.port
         self._health_port = config.worker.health_port or config.worker.port
         self.selector = manifests.endpoint_selector(config)
@@ -92,6 +101,8 @@ class KubernetesBackend:
             self._tasks.append(asyncio.create_task(self._apply_until_done(), name="kube apply"))
         self._tasks.append(asyncio.create_task(self._watch_pods(), name="kube pod watch"))
         self._tasks.append(asyncio.create_task(self._fallback_loop(), name="kube gpu fallback"))
+        if self._flashboot:
+            self._tasks.append(asyncio.create_task(self._flashboot_loop(), name="kube flashboot expiry"))
 
     async def _apply(self) -> None:
         cfg = self.config
@@ -263,6 +274,7 @@ class KubernetesBackend:
                 if version is None:
                     items, version = await self.client.list_pods(self.selector)
                     self._reconcile(items)
+                    self._pods_known.set()
                     if not self.api_ok:
                         log.info("Kubernetes API reachable: %d worker pod(s)", len(self.pods))
                     self.api_ok = True
@@ -355,12 +367,24 @@ class KubernetesBackend:
 
     # -- flashboot ---------------------------------------------------------------------------------
 
-    def _spawn_label(self, node: str) -> None:
+    def _label_due(self, node: str) -> bool:
+        """True (and counted as labelled now) when this replica has not labelled ``node`` within the interval."""
         now = self.clock()
         if now - self._labelled_nodes.get(node, -FLASHBOOT_RELABEL) < FLASHBOOT_RELABEL:
-            return
+            return False
         self._labelled_nodes[node] = now
-        self._tasks.append(asyncio.create_task(self._label(node)))
+        return True
+
+    def _spawn_label(self, node: str) -> None:
+        if self._label_due(node):
+            self._tasks.append(asyncio.create_task(self._label(node)))
+
+    def _cannot_patch_nodes(self) -> None:
+        if self._flashboot:
+            self._flashboot = False
+            self.notices.append("flashboot: cannot label nodes (RBAC: patch nodes); recent-node "
+                                "preference is off")
+            log.warning("flashboot: no permission to label nodes; recent-node preference is off")
 
     async def _label(self, node: str) -> None:
         """Mark the node as having run this endpoint (image cached): flashboot prefers it on restarts."""
@@ -368,14 +392,64 @@ class KubernetesBackend:
             await self.client.label_node(node, {flashboot_label(self.config): str(int(time.time()))})
         except ApiException as exc:
             if exc.status == 403:
-                self._flashboot = False
-                self.notices.append("flashboot: cannot label nodes (RBAC: patch nodes); recent-node "
-                                    "preference is off")
-                log.warning("flashboot: no permission to label nodes; recent-node preference is off")
+                self._cannot_patch_nodes()
             else:
                 log.warning("flashboot: labelling node %s failed: %s", node, _short(exc))
         except Exception as exc:
             log.warning("flashboot: labelling node %s failed: %s", node, _short(exc))
+
+    async def _flashboot_loop(self) -> None:
+        """Once the pods are known (at start), then every FLASHBOOT_RELABEL: see ``_expire_labels``."""
+        await self._pods_known.wait()
+        while self._flashboot and self._expiring:
+            await self._expire_labels()
+            await asyncio.sleep(FLASHBOOT_RELABEL)
+
+    async def _expire_labels(self) -> None:
+        """Keep "recently" true: refresh the label of nodes running a worker (one that runs for days must not
+        look stale the moment it stops), and remove this endpoint's label from the other nodes once it is older
+        than FLASHBOOT_RETENTION. The Deployment's affinity cannot compare ages; changing it would roll every pod.
+
+        Each removal is conditional on the node's resourceVersion from the list: a node labelled again since
+        (by this replica or another one) answers 409 and keeps its label.
+        """
+        for node in sorted({p.node for p in self.pods.values() if p.node and p.ip}):
+            if self._label_due(node):
+                await self._label(node)
+        key = flashboot_label(self.config)
+        try:
+            nodes = await self.client.list_nodes(key)
+        except ApiException as exc:
+            if exc.status == 403:
+                self._expiring = False
+                self.notices.append(f"flashboot: cannot list nodes (RBAC: list nodes); node labels older than "
+                                    f"{FLASHBOOT_RETENTION / 3600:g}h are not removed")
+                log.warning("flashboot: no permission to list nodes; old flashboot labels are not removed")
+            else:
+                log.warning("flashboot: listing labelled nodes failed: %s", _short(exc))
+            return
+        except Exception as exc:
+            log.warning("flashboot: listing labelled nodes failed: %s", _short(exc))
+            return
+        values = {n["metadata"]["name"]: (n["metadata"].get("labels") or {}).get(key, "") for n in nodes}
+        versions = {n["metadata"]["name"]: n["metadata"].get("resourceVersion") for n in nodes}
+        busy = {p.node for p in self.pods.values() if p.node}
+        for node in expired_flashboot_nodes(values, time.time(), busy, FLASHBOOT_RETENTION):
+            try:
+                await self.client.label_node(node, {key: None}, versions[node])
+            except ApiException as exc:
+                if exc.status == 403:
+                    self._cannot_patch_nodes()
+                    return
+                if exc.status in (404, 409):  # gone, or changed since the list: the next pass looks again
+                    log.debug("flashboot: node %s changed before its label was removed (%s)", node, exc.status)
+                else:
+                    log.warning("flashboot: removing the label of node %s failed: %s", node, _short(exc))
+            except Exception as exc:
+                log.warning("flashboot: removing the label of node %s failed: %s", node, _short(exc))
+            else:
+                log.info("flashboot: removed the stale label %s=%s from node %s (retention %gh)", key,
+                         values[node], node, FLASHBOOT_RETENTION / 3600)
 
     def status(self) -> dict[str, object]:
         """Pools, replicas and fallback blocks for /status."""

@@ -158,9 +158,21 @@ class KubeClient:
         await self._raw(self.core.patch_namespaced_pod_without_preload_content(
             name, self.namespace, {"metadata": {"annotations": annotations}}, _content_type=_MERGE_PATCH))
 
-    async def label_node(self, node: str, labels: dict[str, str | None]) -> None:
+    # -- nodes ---------------------------------------------------------------------------------
+
+    async def list_nodes(self, selector: str) -> list[dict[str, Any]]:
+        body = await self._raw(self.core.list_node_without_preload_content(label_selector=selector))
+        items: list[dict[str, Any]] = body.get("items", [])
+        return items
+
+    async def label_node(self, node: str, labels: dict[str, str | None], resource_version: str | None = None) -> None:
+        """Set labels (None removes one). With ``resource_version`` the patch is conditional: 409 Conflict when
+        the node changed since that version was read."""
+        meta: dict[str, Any] = {"labels": labels}
+        if resource_version is not None:
+            meta["resourceVersion"] = resource_version
         await self._raw(self.core.patch_node_without_preload_content(
-            node, {"metadata": {"labels": labels}}, _content_type=_MERGE_PATCH))
+            node, {"metadata": meta}, _content_type=_MERGE_PATCH))
 
     # -- leader election -----------------------------------------------------------------------
 

@@ -4,12 +4,14 @@
   ``placement.data_centers``, and a CUDA driver that supports at least one of ``gpu.cuda_versions``.
 - Preferred (soft): nodes holding ``placement.model`` and, with ``flashboot``, nodes that ran this endpoint's
   workers recently (the controller labels them), so a restart finds the image and model already there.
+- Which flashboot labels have grown too old to mean "recently" (``expired_flashboot_nodes``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from ..config import Config
@@ -18,6 +20,7 @@ MODEL_WEIGHT = 50
 FLASHBOOT_WEIGHT = 20
 _LABEL_NAME_MAX = 63
 _INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
+_UNIX_TIME = re.compile(r"[0-9]{1,12}")
 
 
 def label_name(text: str) -> str:
@@ -40,6 +43,24 @@ def model_label(config: Config) -> str | None:
 
 def flashboot_label(config: Config) -> str:
     return config.backend.node_labels.flashboot_prefix + label_name(config.name)
+
+
+def expired_flashboot_nodes(values: Mapping[str, str], now: float, busy: Collection[str],
+                            retention: float) -> list[str]:
+    """The nodes whose flashboot label should go, sorted: ``values`` maps node -> label value (the Unix time
+    of the last labelling), ``busy`` holds the nodes where a worker of the endpoint is now.
+
+    A value older than ``retention`` seconds goes, and so does one that is not a Unix time in whole seconds or
+    lies more than ``retention`` ahead (a wrong clock): "preferred" would otherwise last forever. Busy nodes keep
+    theirs whatever its value: the worker there is the proof, and the label is refreshed.
+    """
+    out = []
+    for node, value in values.items():
+        if node in busy:
+            continue
+        if _UNIX_TIME.fullmatch(value) is None or abs(now - int(value)) > retention:
+            out.append(node)
+    return sorted(out)
 
 
 def _min_cuda(versions: tuple[str, ...]) -> tuple[int, int | None] | None:

@@ -26,10 +26,11 @@ Modelled, each as the real API server documents it:
 - a few defaults (replicas 1, terminationGracePeriodSeconds 30, ports TCP...) and validations (names, labels,
   containers, selector matches template, selector immutable).
 
-Not modelled: authentication and RBAC (any bearer token is everyone), admission, server-side apply and managed
-fields, list pagination (``limit`` is accepted and the whole list returned, which the API allows), the old
-``/watch/`` paths, Foreground/Orphan deletion, namespace deletion, Service cluster IPs and Endpoints, pod QoS
-class, rolling updates (see ``controller.py``), protobuf/CBOR/YAML bodies.
+Not modelled: authentication and RBAC (any bearer token is everyone; ``forbid()`` refuses chosen verbs on chosen
+resources to everyone), admission, server-side apply and managed fields, list pagination (``limit`` is accepted
+and the whole list returned, which the API allows), the old ``/watch/`` paths, Foreground/Orphan deletion,
+namespace deletion, Service cluster IPs and Endpoints, pod QoS class, rolling updates (see ``controller.py``),
+protobuf/CBOR/YAML bodies.
 """
 
 from __future__ import annotations
@@ -274,3 +275,8 @@ class KubeEmulator:
 
     def send_bookmarks(self) -> None:
         self.api.send_bookmarks()
+
+    def forbid(self, verb: str, resource: str) -> None:
+        """Answer 403 Forbidden to every ``verb`` (get, list, watch, create, update, patch, delete,
+        deletecollection) on ``resource`` (plural, ``deployments/scale`` for a subresource): an RBAC gap."""
+        self.api.forbidden.add((verb, resource))

@@ -53,6 +53,7 @@ class ApiServer:
         self.streams: dict[Watcher, web.Request] = {}
         self.bookmark_interval = 60.0
         self.errors: list[Exception] = []  # unexpected exceptions in handlers (tests assert there are none)
+        self.forbidden: set[tuple[str, str]] = set()  # (verb, resource[/subresource]) answered 403 Forbidden
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
@@ -106,6 +107,7 @@ class ApiServer:
         if t is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         m, q = request.method, request.query
+        self._authorize(t, m, q)
         if t.name is None:
             if m == "GET":
                 return await self._watch(request, t) if _bool(q.get("watch")) else self._list(t, q)
@@ -143,6 +145,27 @@ class ApiServer:
             return await self._delete(request, t)
         raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource "
                        f"({m} {request.path})")
+
+    def _authorize(self, t: Target, method: str, q: Any) -> None:
+        """403 for a (verb, resource) in ``self.forbidden``, worded like the real RBAC authorizer's refusal."""
+        if not self.forbidden:
+            return
+        if method == "GET":
+            verb = "get" if t.name is not None else "watch" if _bool(q.get("watch")) else "list"
+        elif method == "DELETE":
+            verb = "delete" if t.name is not None else "deletecollection"
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+        resource = t.rt.plural + (f"/{t.subresource}" if t.subresource else "")
+        if (verb, resource) not in self.forbidden:
+            return
+        scope = f'in the namespace "{t.namespace}"' if t.namespace else "at the cluster scope"
+        details = {"kind": t.rt.plural, **({"group": t.rt.group} if t.rt.group else {}),
+                   **({"name": t.name} if t.name else {})}
+        named = f' "{t.name}"' if t.name else ""
+        raise ApiError(403, "Forbidden", f'{t.rt.qualified}{named} is forbidden: User '
+                       f'"system:serviceaccount:default:emulator" cannot {verb} resource "{resource}" in API group '
+                       f'"{t.rt.group}" {scope}', details)
 
     # --- handlers -------------------------------------------------------------------------------------------
 

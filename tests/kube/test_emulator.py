@@ -175,6 +175,50 @@ async def test_other_kinds_cluster_scoped_and_namespaced(emulator: KubeEmulator,
     assert [n["metadata"]["name"] for n in emulator.objects("nodes")] == ["gpu-1"]
 
 
+async def test_node_label_removed_by_a_merge_patch_conditional_on_its_resource_version(
+        core: client.CoreV1Api) -> None:
+    key = "flashboot.lbproxy.io/llm"
+    await core.create_node({"metadata": {"name": "gpu-1", "labels": {key: "1700000000", "zone": "a"}}})
+    await core.create_node({"metadata": {"name": "gpu-2", "labels": {"flashboot.lbproxy.io/other": "1"}}})
+    [listed] = (await core.list_node(label_selector=key)).items  # "key": the label exists, any value
+    assert listed.metadata.name == "gpu-1"
+    await core.patch_node("gpu-1", {"metadata": {"labels": {"zone": "b"}}})  # the node changes after the list
+    stale = {"metadata": {"resourceVersion": listed.metadata.resource_version, "labels": {key: None}}}
+    with pytest.raises(ApiException) as e:
+        await core.patch_node("gpu-1", stale, _content_type="application/merge-patch+json")
+    assert e.value.status == 409 and status_of(e.value)["reason"] == "Conflict"
+    current = await core.read_node("gpu-1")
+    assert current.metadata.labels == {key: "1700000000", "zone": "b"}
+    fresh = {"metadata": {"resourceVersion": current.metadata.resource_version, "labels": {key: None}}}
+    removed = await core.patch_node("gpu-1", fresh, _content_type="application/merge-patch+json")
+    assert removed.metadata.labels == {"zone": "b"}
+    assert (await core.list_node(label_selector=key)).items == []
+
+
+async def test_forbid_answers_403_like_the_rbac_authorizer(emulator: KubeEmulator, core: client.CoreV1Api,
+                                                          apps: client.AppsV1Api) -> None:
+    await core.create_node({"metadata": {"name": "gpu-1"}})
+    emulator.forbid("list", "nodes")
+    emulator.forbid("patch", "deployments/scale")
+    with pytest.raises(ApiException) as e:
+        await core.list_node(label_selector="a")
+    body = status_of(e.value)
+    assert (e.value.status, body["reason"], body["details"]) == (403, "Forbidden", {"kind": "nodes"})
+    assert body["message"] == ('nodes is forbidden: User "system:serviceaccount:default:emulator" cannot list '
+                               'resource "nodes" in API group "" at the cluster scope')
+    assert (await core.read_node("gpu-1")).metadata.name == "gpu-1"  # other verbs are allowed
+    await core.patch_node("gpu-1", {"metadata": {"labels": {"a": "1"}}})
+    await apps.create_namespaced_deployment("default", {
+        "metadata": {"name": "web"}, "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+                                              "template": {"metadata": {"labels": {"app": "web"}},
+                                                           "spec": pod("x")["spec"]}}})
+    with pytest.raises(ApiException) as e:
+        await apps.patch_namespaced_deployment_scale("web", "default", {"spec": {"replicas": 1}})
+    assert e.value.status == 403 and 'cannot patch resource "deployments/scale" in API group "apps" in the ' \
+        'namespace "default"' in status_of(e.value)["message"]
+    assert (await apps.read_namespaced_deployment_scale("web", "default")).spec.replicas == 0
+
+
 async def test_all_namespaces_list_and_discovery(api: client.ApiClient, core: client.CoreV1Api,
                                                  emulator: KubeEmulator) -> None:
     await core.create_namespace({"metadata": {"name": "gpu"}})
