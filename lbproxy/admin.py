@@ -64,14 +64,17 @@ class Admin:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    def is_ready(self) -> bool:
-        """Ready to take traffic: a worker is ready, or the endpoint scales from zero by design."""
+    def is_ready(self, require_worker: bool = False) -> bool:
+        """Ready to take traffic: not stopping. Without a ready worker requests queue (cold start) and, past
+        timeouts.wait, get a JSON 503 with Retry-After: better than the connection refusals a load balancer
+        (a Service without endpoints) gives when it drops the proxy. ``require_worker``: only with a ready
+        worker, for load balancers in front of proxies that each run their own (local) workers."""
         if self.stopping:
             return False
-        return bool(self.pool.ready) or self.config.workers.active == 0
+        return bool(self.pool.ready) or not require_worker
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ready = self.is_ready()
+        ready = self.is_ready(request.query.get("require_worker", "") in ("1", "true", "yes"))
         return web.json_response(
             {"ready": ready, "ready_workers": len(self.pool.ready), "stopping": self.stopping},
             status=200 if ready else 503,

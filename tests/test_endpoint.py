@@ -43,10 +43,13 @@ async def test_cold_start_from_zero_serves_the_first_request(start_endpoint, cli
 
 async def test_active_workers_start_at_boot_and_readyz_follows(start_endpoint, client):
     ep = await start_endpoint(workers={"active": 1, "max": 2}, worker={"env": {"ECHO_INIT_DELAY": "0.3"}})
+    # Ready at once: requests queue for the starting worker. With ?require_worker=1, only once it is ready.
     r = await client.get(ep.admin + "/readyz")
-    assert r.status_code == 503 and r.json()["ready"] is False  # active 1, none ready yet
+    assert r.status_code == 200 and r.json()["ready_workers"] == 0
+    r = await client.get(ep.admin + "/readyz?require_worker=1")
+    assert r.status_code == 503 and r.json()["ready"] is False
     await ep.wait_workers(lambda ws: [w["state"] for w in ws] == ["ready"], "one ready worker at boot")
-    assert (await client.get(ep.admin + "/readyz")).status_code == 200
+    assert (await client.get(ep.admin + "/readyz?require_worker=1")).status_code == 200
 
 
 @pytest.mark.slow

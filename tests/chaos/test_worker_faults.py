@@ -167,7 +167,8 @@ async def test_crash_looping_worker_backs_off_exponentially_and_status_says_why(
     assert "exited before it was ready (exit code 3)" in status["scaling"]["last_start_failure"]
     # lbproxy itself stays up and answers: requests get a clear 503, not a hang.
     assert (await client.get(ep.admin + "/healthz")).status_code == 200
-    assert (await client.get(ep.admin + "/readyz")).status_code == 503
+    assert (await client.get(ep.admin + "/readyz?require_worker=1")).status_code == 503
+    assert (await client.get(ep.admin + "/readyz")).status_code == 200  # it answers, with clear errors
     r = await client.get(ep.url + "/echo")
     assert r.status_code == 503 and error_of(r) == "no_worker"
     assert ep.proc.poll() is None
