@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ from lbproxy import __version__
 from .conftest import ROOT
 
 
-def lbproxy(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def lbproxy(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "lbproxy", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=60)
+                          timeout=60, env=None if env is None else {**os.environ, **env})
 
 
 def test_version():
@@ -69,3 +70,12 @@ def test_serve_without_a_worker_command_exits_2(tmp_path):
     cfg.write_text("name: nocmd\n")
     r = lbproxy("serve", str(cfg))
     assert r.returncode == 2 and "worker.command" in r.stderr
+
+
+def test_serve_with_an_unknown_engine_exits_2_naming_the_choices(tmp_path):
+    cfg = tmp_path / "engine.yaml"
+    cfg.write_text(f"name: engine\nworker:\n  command: [{sys.executable!r}, '-c', 'pass']\n"
+                   "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n")
+    r = lbproxy("serve", str(cfg), env={"LBPROXY_ENGINE": "turbo"})
+    assert r.returncode == 2
+    assert "LBPROXY_ENGINE=turbo" in r.stderr and "aiohttp, fast" in r.stderr
