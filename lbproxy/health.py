@@ -15,7 +15,6 @@ import aiohttp
 
 from .policy import WorkerState
 from .pool import Worker, WorkerPool
-from .sockets import out_of_descriptors
 
 log = logging.getLogger("lbproxy.health")
 
@@ -25,7 +24,6 @@ READY_INTERVAL = 1.0
 UNHEALTHY_INTERVAL = 0.5
 PROBE_TIMEOUT = 2.0
 FAILURES_TO_UNHEALTHY = 2  # one lost probe under load is not enough to pull a worker out of rotation
-NOT_PROBED = -1  # probe() could not even try: lbproxy is out of file descriptors
 
 
 class HealthProber:
@@ -63,7 +61,7 @@ class HealthProber:
             task.cancel()
 
     async def probe(self, w: Worker) -> int | None:
-        """The /ping status, None when the worker did not answer, NOT_PROBED when lbproxy had no descriptor."""
+        """The /ping status, or None when the worker did not answer."""
         assert self._session is not None
         url = f"http://{w.host}:{w.health_port}{self.path}" if ":" not in w.host else (
             f"http://[{w.host}]:{w.health_port}{self.path}"
@@ -72,8 +70,8 @@ class HealthProber:
             async with self._session.get(url, allow_redirects=False) as resp:
                 await resp.read()
                 return resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return NOT_PROBED if out_of_descriptors(exc) else None
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
 
     async def _loop(self, w: Worker) -> None:
         pool = self.pool
@@ -84,9 +82,6 @@ class HealthProber:
                     await self._pause(w)
                     continue
                 status = await self.probe(w)
-                if status == NOT_PROBED:  # lbproxy's own overload says nothing about the worker
-                    await self._pause(w)
-                    continue
                 state = w.state
                 if state is WorkerState.STARTING:
                     if status == 200:

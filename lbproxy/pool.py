@@ -189,8 +189,8 @@ class WorkerPool:
         if self._closed:
             return None  # acquire() refuses
         if strict:
-            w = self.workers.get(preferred or "")
-            if w is None or w.state is not WorkerState.READY or (self.concurrency and w.in_flight >= self.concurrency):
+            w = self._free(preferred)
+            if w is None:
                 return None
         elif len(self._waiters) > self._strict_waiting:
             return None  # FIFO: never overtake requests already waiting
@@ -287,17 +287,14 @@ class WorkerPool:
         strict waiter whose worker is busy does not hold up the others."""
         kept: deque[_Waiter] = deque()
         anyone = True  # a non-strict waiter may still find a worker
-        concurrency = self.concurrency
         for waiter in self._waiters:
             if waiter.future.done():
                 self._strict_waiting -= waiter.strict
                 continue
             if waiter.strict:
-                w = self.workers.get(waiter.preferred or "")
-                if w is None or w.state is not WorkerState.READY or (concurrency and w.in_flight >= concurrency):
-                    w = None
+                w = self._free(waiter.preferred)
             else:
-                w = choose_worker(self._ready, concurrency, waiter.preferred) if anyone else None
+                w = choose_worker(self._ready, self.concurrency, waiter.preferred) if anyone else None
                 anyone = w is not None
             if w is None:
                 kept.append(waiter)
@@ -305,6 +302,13 @@ class WorkerPool:
                 self._strict_waiting -= waiter.strict
                 self._hand(waiter, w)
         self._waiters = kept
+
+    def _free(self, worker_id: str | None) -> Worker | None:
+        """The named worker if it is ready with a free slot (strict affinity), else None."""
+        w = self.workers.get(worker_id or "")
+        if w is None or w.state is not WorkerState.READY or (self.concurrency and w.in_flight >= self.concurrency):
+            return None
+        return w
 
     @staticmethod
     def _hand(waiter: _Waiter, w: Worker) -> None:
