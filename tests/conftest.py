@@ -135,6 +135,7 @@ async def launch(cfg: dict[str, Any], directory: Path, env: dict[str, str] | Non
     proc_env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "LBPROXY_", "KUBERNETES_"))}
     if "LBPROXY_ENGINE" in os.environ:  # `LBPROXY_ENGINE=aiohttp pytest`: the end-to-end tests on that engine
         proc_env["LBPROXY_ENGINE"] = os.environ["LBPROXY_ENGINE"]
+    proc_env["LBPROXY_DATA_DIR"] = str(directory / "data")  # state files (queue, cost, workers) stay in the test
     proc_env.update(env or {})
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
