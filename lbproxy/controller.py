@@ -145,8 +145,11 @@ class Controller:
                     await self._apply(decision)
                 self._tell_pool()
                 wait = TICK if decision.recheck_after is None else min(TICK, max(decision.recheck_after, 0.01))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation (shutdown) that comes in
+                # the same loop turn as the event, and the controller would then never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await changed.wait()
         finally:
             self.leading = False
             for task in list(self._tasks):  # drains of a lost leadership: the next leader decides anew

@@ -111,7 +111,8 @@ class HealthProber:
             # Sleep, but wake at once when a request starts waiting for a worker.
             self._hurry.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hurry.wait(), STARTING_INTERVAL)
+                async with asyncio.timeout(STARTING_INTERVAL):
+                    await self._hurry.wait()
         elif w.state is WorkerState.UNHEALTHY:
             await asyncio.sleep(UNHEALTHY_INTERVAL)
         else:

@@ -67,9 +67,15 @@ def test_more_gpus_than_visible_is_an_error_at_start():
                      environ={"CUDA_VISIBLE_DEVICES": "0,1,2,3"})
 
 
-def test_gpus_are_reported_as_ignored_when_none_is_visible():
-    backend = LocalBackend(config(["true"]), Events(), environ={"PATH": "/nonexistent"})
+def test_gpus_set_in_the_file_are_reported_as_ignored_when_none_is_visible():
+    backend = LocalBackend(config(["true"], workers={"gpus": 1}), Events(), environ={"PATH": "/nonexistent"})
     assert any("workers.gpus" in n and "ignored" in n for n in backend.notices)
+
+
+def test_the_default_gpus_on_a_machine_without_gpus_is_no_notice():
+    """Issue 10: every laptop run warned that `workers.gpus: 1`, which nobody had set, was ignored."""
+    backend = LocalBackend(config(["true"]), Events(), environ={"PATH": "/nonexistent"})
+    assert backend.notices == []
 
 
 def test_gpu_slices_are_given_back():

@@ -20,6 +20,7 @@ from ..paths import endpoint_file
 from .base import StartFailed, WorkerAddress, WorkerEvents
 from .gpus import GpuSlices, visible_gpus
 from .leftovers import WorkerRecord
+from .output import OutputLevels
 
 log = logging.getLogger("lbproxy.backend.local")
 worker_log = logging.getLogger("lbproxy.worker")
@@ -75,7 +76,8 @@ class LocalBackend:
         self.notices: list[str] = []
         gpus = config.workers.gpus
         visible = visible_gpus(environ) if gpus else None
-        if gpus and visible is None:
+        # The default (1) on a machine without GPUs (a laptop) is no news; a value the file sets is.
+        if gpus and visible is None and config.set_in_file("workers.gpus"):
             self.notices.append(
                 f"workers.gpus: {gpus} is ignored: no GPU is visible (no CUDA_VISIBLE_DEVICES, no nvidia-smi)"
             )
@@ -165,6 +167,7 @@ class LocalBackend:
     async def _pump_output(self, p: _Process) -> None:
         stream = p.proc.stdout
         assert stream is not None
+        levels = OutputLevels()
         while True:
             try:
                 line = await stream.readline()
@@ -172,13 +175,15 @@ class LocalBackend:
                 line = await stream.read(1 << 20)
             if not line:
                 return
-            worker_log.info("%s | %s", p.id, line.decode("utf-8", "replace").rstrip())
+            text = line.decode("utf-8", "replace").rstrip()
+            worker_log.log(levels.level(text), "%s | %s", p.id, text)
 
     async def _watch(self, p: _Process) -> None:
         rc = await p.proc.wait()
         _killpg(p.proc.pid, signal.SIGKILL)  # leftovers of the worker's group must not outlive it
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(p.tasks[0]), 1.0)
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(p.tasks[0])
         self._processes.pop(p.id, None)
         p.lifeline.close()
         self._record.exited(p.id)
@@ -195,7 +200,8 @@ class LocalBackend:
         p.stopping = True
         _killpg(p.proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.shield(p.tasks[1]), self._grace)
+            async with asyncio.timeout(self._grace):
+                await asyncio.shield(p.tasks[1])
         except TimeoutError:
             log.warning("worker %s did not stop within %.0fs of SIGTERM: SIGKILL", worker_id, self._grace)
             _killpg(p.proc.pid, signal.SIGKILL)

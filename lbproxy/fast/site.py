@@ -100,7 +100,8 @@ class FastServer:
             conn.shutdown()
         self.check_drained()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), grace)
+            async with asyncio.timeout(grace):
+                await self._drained.wait()
         await self.websockets.shutdown(max(0.0, deadline - monotonic()))
         for conn in list(self.connections):
             conn.transport.abort()

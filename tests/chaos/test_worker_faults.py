@@ -8,6 +8,7 @@ import itertools
 import os
 import re
 import signal
+import sys
 import time
 from datetime import datetime
 
@@ -204,3 +205,13 @@ async def test_a_crash_loop_answers_waiting_clients_at_once_with_the_crash(start
     assert time.monotonic() - started < 15, "the client must not wait out timeouts.wait (60s)"
     assert r.status_code == 503 and error_of(r) == "no_worker"
     assert "exited before it was ready (exit code 3)" in r.json()["message"]
+
+
+async def test_a_worker_traceback_is_logged_as_a_warning(start_endpoint):
+    ep = await start_endpoint(workers={"active": 1, "max": 1}, worker={
+        "command": [sys.executable, "-c", "print('loading', flush=True); raise ValueError('no model at /m')"]})
+    await until(lambda: "no model at /m" in ep.log(), 10, "the worker's traceback")
+    lines = [line for line in ep.log().splitlines() if "lbproxy.worker" in line]
+    assert any(" INFO " in line and line.endswith("| loading") for line in lines), lines
+    assert any(" WARNING " in line and "Traceback (most recent call last):" in line for line in lines), lines
+    assert any(" WARNING " in line and line.endswith("| ValueError: no model at /m") for line in lines), lines
