@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ from .admin import Admin
 from .backends.base import Backend, StartFailed
 from .backends.local import LocalBackend
 from .checks import notices
-from .config import Config
+from .config import Address, Config
 from .controller import Controller
 from .health import HealthProber
 from .metrics import Metrics
@@ -84,10 +85,24 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def _start_site(app: web.Application, host: str, port: int, grace: float) -> tuple[web.AppRunner, str]:
+def bind(key: str, address: Address) -> socket.socket:
+    """A listening socket for ``address``; BindError names the key, the address and why (a port in use)."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    try:
+        return socket.create_server((address.host, address.port), family=family, backlog=1024)
+    except OSError as exc:
+        why = "the address is already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise BindError(f"{key}: cannot listen on {address}: {why}") from None
+
+
+class BindError(Exception):
+    """A listen address lbproxy could not bind; the message is the one line the operator sees."""
+
+
+async def _start_site(app: web.Application, sock: socket.socket, grace: float) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    site = web.SockSite(runner, sock)
     await site.start()
     bound = runner.addresses[0]
     return runner, _url(bound[0], bound[1])
@@ -113,11 +128,11 @@ def _engine(environ: Mapping[str, str]) -> str | None:
     return engine
 
 
-async def _start_fast(proxy: Proxy, host: str, port: int, grace: float) -> tuple[Callable[[], Awaitable[None]], str]:
+async def _start_fast(proxy: Proxy, sock: socket.socket, grace: float) -> tuple[Callable[[], Awaitable[None]], str]:
     from .fast.site import FastServer
 
     fast = FastServer(proxy)
-    bound = await fast.start(host, port)
+    bound = await fast.start(sock)
     return (lambda: fast.cleanup(grace)), _url(*bound)
 
 
@@ -127,6 +142,16 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     loop = asyncio.get_running_loop()
     engine = _engine(environ or os.environ)
     if engine is None:
+        return 2
+    try:  # first of all: a port in use must stop lbproxy before it starts a worker or opens a session
+        listen_sock = bind("listen", config.listen)
+        try:
+            admin_sock = bind("admin", config.admin)
+        except BindError:
+            listen_sock.close()
+            raise
+    except BindError as exc:
+        log.error("%s", exc)
         return 2
     metrics = Metrics(config.name)
     pool = WorkerPool(config.workers.concurrency, config.limits.max_queue, config.timeouts.wait)
@@ -150,6 +175,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
             backend = local
     except StartFailed as exc:
         log.error("cannot start: %s", exc)
+        listen_sock.close()
+        admin_sock.close()
         return 2
     config_notices = notices(config)
     backend_notices: list[str] = getattr(backend, "notices", [])  # the backend may add some later (RBAC)
@@ -170,11 +197,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     await prober.start()
     await proxy.start()
     if engine == "fast":
-        stop_proxy, proxy_url = await _start_fast(proxy, config.listen.host, config.listen.port, grace)
+        stop_proxy, proxy_url = await _start_fast(proxy, listen_sock, grace)
     else:
-        proxy_runner, proxy_url = await _start_site(app, config.listen.host, config.listen.port, grace)
+        proxy_runner, proxy_url = await _start_site(app, listen_sock, grace)
         stop_proxy = proxy_runner.cleanup
-    admin_runner, admin_url = await _start_site(admin.app(), config.admin.host, config.admin.port, grace)
+    admin_runner, admin_url = await _start_site(admin.app(), admin_sock, grace)
     log.info("endpoint %s listening on %s (admin %s), workers %d..%d, backend %s, engine %s",
              config.name, proxy_url, admin_url, config.workers.active, config.workers.max, config.backend.type, engine)
 

@@ -79,3 +79,28 @@ def test_serve_with_an_unknown_engine_exits_2_naming_the_choices(tmp_path):
     r = lbproxy("serve", str(cfg), env={"LBPROXY_ENGINE": "turbo"})
     assert r.returncode == 2
     assert "LBPROXY_ENGINE=turbo" in r.stderr and "aiohttp, fast" in r.stderr
+
+
+@pytest.mark.parametrize("key", ["listen", "admin"])
+def test_a_port_in_use_is_one_line_naming_the_key_and_exit_2(tmp_path, key):
+    import socket
+
+    import yaml
+
+    from .conftest import base_config
+
+    taken = socket.create_server(("127.0.0.1", 0))
+    try:
+        cfg = base_config(workers={"active": 1, "max": 1})
+        cfg[key] = f"127.0.0.1:{taken.getsockname()[1]}"
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        r = lbproxy("serve", str(path), env={"LBPROXY_DATA_DIR": str(tmp_path / "data")})
+    finally:
+        taken.close()
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        f"{key}: cannot listen on {cfg[key]}: the address is already in use"), r.stderr
+    for noise in ("Traceback", "Unclosed client session", "worker"):
+        assert noise not in r.stderr, r.stderr  # and no worker was started before the check

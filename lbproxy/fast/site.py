@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from time import monotonic
 from typing import cast
 
@@ -46,10 +47,10 @@ class FastServer:
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen; returns the bound address."""
+    async def start(self, sock: socket.socket) -> tuple[str, int]:
+        """Serve on a bound listening socket; returns its address."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self, host, port, backlog=1024, reuse_address=True)
+        self._server = await loop.create_server(self, sock=sock, backlog=1024)
         self._sweep()
         bound = self._server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
