@@ -6,7 +6,7 @@ import logging
 
 from lbproxy.backends.output import OutputLevels
 
-W, I = logging.WARNING, logging.INFO
+W, N = logging.WARNING, logging.INFO  # warning, normal
 
 
 def levels(text: str) -> list[int]:
@@ -21,7 +21,7 @@ Traceback (most recent call last):
     load()
 ValueError: no model at /models/x
 INFO:     shutting down"""
-    assert levels(text) == [I, W, W, W, W, I]
+    assert levels(text) == [N, W, W, W, W, N]
 
 
 def test_chained_tracebacks_stay_warnings_throughout():
@@ -35,8 +35,8 @@ Traceback (most recent call last):
   File "a.py", line 3, in <module>
 RuntimeError: boom
 ready"""
-    assert levels(text) == [W, W, W, I, W, W, W, W, W, I]
+    assert levels(text) == [W, W, W, N, W, W, W, W, W, N]
 
 
 def test_ordinary_stderr_lines_are_info():
-    assert levels("WARNING: something the worker says\nerror in config? no\n") == [I, I]
+    assert levels("WARNING: something the worker says\nerror in config? no\n") == [N, N]
