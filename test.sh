@@ -7,4 +7,5 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 .venv/bin/python -m ruff check lbproxy tests examples
 .venv/bin/python -m mypy lbproxy
+.venv/bin/lint-imports  # the layers (.importlinter): pure decisions, one kubernetes wrapper, the request path
 exec .venv/bin/python -m pytest -q "$@"

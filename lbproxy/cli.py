@@ -29,15 +29,6 @@ def _load(path: str) -> Config | None:
         return None
 
 
-def _setup_logging(level: str, endpoint: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s %(levelname)-7s {endpoint} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
 def cmd_check(path: str) -> int:
     config = _load(path)
     if config is None:
@@ -86,12 +77,14 @@ def cmd_serve(path: str, log_level: str) -> int:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_INVALID
-    _setup_logging(log_level, config.name)
+    from . import logs
+
+    logs.setup(log_level, config.name, config.log.format)
     from .server import serve  # aiohttp and the rest load only when serving
     from .sockets import raise_open_files_limit
 
     logging.getLogger("lbproxy").debug("open-files limit: %d", raise_open_files_limit())
-    return _run(serve(config))
+    return _run(serve(config, path=path))
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:

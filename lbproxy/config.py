@@ -65,6 +65,7 @@ __all__ = [
     "ExposedPort",
     "GpuSettings",
     "LimitsSettings",
+    "LogSettings",
     "PlacementSettings",
     "ScalingSettings",
     "TimeoutsSettings",
@@ -137,6 +138,14 @@ class LimitsSettings(_Settings):
     """Largest request body in bytes; larger gets 413."""
     max_queue: Annotated[int, Field(ge=0, le=100 * _MAX_COUNT)] = 1000
     """Requests waiting for a worker; beyond it 429."""
+
+
+class LogSettings(_Settings):
+    access: bool = False
+    """One line per request on the `lbproxy.access` logger: method, path (no query), status, worker, queue wait,
+    duration, bytes sent, request id. Off by default, and then it costs nothing."""
+    format: Literal["text", "json"] = "text"
+    """`json`: every log line is one JSON object (time, level, logger, message and the access fields)."""
 
 
 class GpuSettings(_Settings):
@@ -269,6 +278,7 @@ class Config(_Settings):
     timeouts: TimeoutsSettings = TimeoutsSettings()
     scaling: ScalingSettings = ScalingSettings()
     limits: LimitsSettings = LimitsSettings()
+    log: LogSettings = LogSettings()
     gpu: GpuSettings = GpuSettings()
     placement: PlacementSettings = PlacementSettings()
     flashboot: bool = True

@@ -67,7 +67,7 @@ class Controller:
     def worker_address(self, worker_id: str, host: str) -> None:
         w = self.pool.get(worker_id)
         if w is not None:
-            w.host = host  # the prober starts probing once it sees an address
+            self.pool.set_address(w, host)  # the prober starts probing once it sees an address
 
     def worker_draining(self, worker_id: str, draining: bool) -> None:
         """The leader marked (or unmarked) a worker for scale-down: every replica stops routing to it."""

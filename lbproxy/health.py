@@ -39,7 +39,18 @@ class HealthProber:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._hurry = asyncio.Event()
+        self._wake: dict[str, asyncio.Event] = {}  # per worker: probe now, not at the next interval
+        self._probing: str | None = None  # the worker whose verdict is being applied (its own state changes)
         pool.on_queued_without_worker(self._hurry.set)
+        pool.on_state_change(self._state_changed)
+
+    def _state_changed(self, w: Worker, old: WorkerState) -> None:
+        """A request failure took a ready worker out of rotation: probe it at once, so that a worker that is
+        fine (a failure of the moment) is back in milliseconds, not at the next interval."""
+        if w.state is WorkerState.UNHEALTHY and old is WorkerState.READY and w.id != self._probing:
+            event = self._wake.get(w.id)
+            if event is not None:
+                event.set()
 
     async def start(self) -> None:
         # Its own session: probes never wait behind proxied requests for a pooled connection. Connections are
@@ -58,9 +69,11 @@ class HealthProber:
             await self._session.close()
 
     def watch(self, w: Worker) -> None:
+        self._wake[w.id] = asyncio.Event()
         self._tasks[w.id] = asyncio.create_task(self._loop(w), name=f"probe {w.id}")
 
     def forget(self, worker_id: str) -> None:
+        self._wake.pop(worker_id, None)
         task = self._tasks.pop(worker_id, None)
         if task is not None:
             task.cancel()
@@ -95,9 +108,13 @@ class HealthProber:
                 elif verdict.state is WorkerState.READY and w.state is WorkerState.UNHEALTHY:
                     log.info("worker %s recovered: /ping 200", w.id)
                 if verdict.state is not None:
-                    pool.set_state(w, verdict.state, verdict.reason)
+                    self._probing = w.id
+                    try:
+                        pool.set_state(w, verdict.state, verdict.reason)
+                    finally:
+                        self._probing = None
                 elif verdict.reason:
-                    w.reason = verdict.reason
+                    pool.note(w, verdict.reason)
                 await self._pause(w)
         finally:
             if self._tasks.get(w.id) is asyncio.current_task():
@@ -113,7 +130,13 @@ class HealthProber:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STARTING_INTERVAL):
                     await self._hurry.wait()
-        elif w.state is WorkerState.UNHEALTHY:
-            await asyncio.sleep(UNHEALTHY_INTERVAL)
         else:
-            await asyncio.sleep(READY_INTERVAL)
+            wake = self._wake.get(w.id)
+            interval = UNHEALTHY_INTERVAL if w.state is WorkerState.UNHEALTHY else READY_INTERVAL
+            if wake is None:
+                await asyncio.sleep(interval)
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await wake.wait()
+            wake.clear()

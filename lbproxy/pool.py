@@ -11,8 +11,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .policy import Snapshot, WorkerState, WorkerView
@@ -75,6 +74,27 @@ class Worker:
 
     def idle_for(self, now: float) -> float:
         return 0.0 if self.idle_since is None or self.in_flight else now - self.idle_since
+
+
+class Slot:
+    """One reserved request slot on a worker: ``release()`` gives it back, once, whatever the path (knative's
+    throttler release handle). ``failed``: the worker failed the request (its exit log counts those)."""
+
+    __slots__ = ("_pool", "worker")
+
+    def __init__(self, pool: WorkerPool, worker: Worker) -> None:
+        self._pool: WorkerPool | None = pool
+        self.worker = worker
+
+    def release(self, failed: bool = False) -> None:
+        pool = self._pool
+        if pool is not None:
+            self._pool = None
+            pool._release(self.worker, failed)
+
+    @property
+    def released(self) -> bool:
+        return self._pool is None
 
 
 @dataclass(eq=False, slots=True)
@@ -165,6 +185,14 @@ class WorkerPool:
         if self._waiters and (state is WorkerState.READY or old is WorkerState.STARTING):
             self._dispatch()  # a ready worker takes waiters; one that stopped starting changes the shares
 
+    def set_address(self, w: Worker, host: str) -> None:
+        """A worker added without an address has one now (its pod got an IP): the prober starts on it."""
+        w.host = host
+
+    def note(self, w: Worker, reason: str) -> None:
+        """Why the worker is in its state now (a starting worker's last /ping answer), for /status."""
+        w.reason = reason
+
     def drain(self, w: Worker) -> asyncio.Event:
         """Stop routing to ``w``; the returned event is set once its last in-flight request ended."""
         self.set_state(w, WorkerState.DRAINING, "idle")
@@ -238,14 +266,27 @@ class WorkerPool:
             return NoWorkerInTime(f"all {len(self._ready)} ready worker(s) were busy")
         return NoWorkerInTime()
 
-    def try_acquire(self, preferred: str | None = None, strict: bool = False) -> Worker | None:
-        """Take a slot on a ready worker at once, or None (the caller then waits with ``acquire``).
+    def try_reserve(self, preferred: str | None = None, strict: bool = False) -> Slot | None:
+        """A slot on a ready worker at once, or None (the caller then waits with ``reserve``)."""
+        w = self._take(preferred, strict)
+        return None if w is None else Slot(self, w)
+
+    async def reserve(self, preferred: str | None = None, strict: bool = False) -> Slot:
+        """A slot on a ready worker, waiting in FIFO order for at most ``wait_timeout``.
+
+        ``strict``: wait for the worker ``preferred`` names; WorkerGone when it is not there or leaving.
+        Raises QueueFull, NoWorkerInTime (with what is known), ShuttingDown.
+        """
+        return Slot(self, await self._wait(preferred, strict))
+
+    def _take(self, preferred: str | None = None, strict: bool = False) -> Worker | None:
+        """Take a slot on a ready worker at once, or None (the caller then waits with ``_wait``).
 
         ``strict``: only the worker ``preferred`` names. Waiting strict requests are not overtaken: a slot
         of theirs that frees up is handed to them at once, so it is never free while they wait.
         """
         if self._closed:
-            return None  # acquire() refuses
+            return None  # _wait() refuses
         if strict:
             w = self._free(preferred)
             if w is None:
@@ -260,18 +301,14 @@ class WorkerPool:
         w.idle_since = None
         return w
 
-    async def acquire(self, preferred: str | None = None, strict: bool = False) -> Worker:
-        """Reserve a slot on a ready worker, waiting in FIFO order for at most ``wait_timeout``.
-
-        ``strict``: wait for the worker ``preferred`` names; WorkerGone when it is not there or leaving.
-        """
+    async def _wait(self, preferred: str | None, strict: bool) -> Worker:
         if self._closed:
             raise ShuttingDown
         if strict:
             target = self.workers.get(preferred or "")
             if target is None or target.state in _LEAVING:
                 raise WorkerGone
-        w = self.try_acquire(preferred, strict)
+        w = self._take(preferred, strict)
         if w is not None:
             return w
         if self._fail_fast and not self._ready and not strict:
@@ -295,7 +332,7 @@ class WorkerPool:
             # A worker may have been handed over in the same loop iteration as the timeout or the
             # cancellation: give its slot back, or it would stay reserved forever.
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release(fut.result())
+                self._release(fut.result(), False)
             if isinstance(exc, TimeoutError):
                 raise self.no_worker() from None
             raise
@@ -309,9 +346,9 @@ class WorkerPool:
             if not self._waiters:
                 self._burst = False
 
-    def release(self, w: Worker, failed: bool = False) -> None:
-        """Give back the slot taken by ``acquire``; the next waiter may take it. ``failed``: the worker failed
-        the request (counted until it answers one again)."""
+    def _release(self, w: Worker, failed: bool) -> None:
+        """Give back a slot (``Slot.release``); the next waiter may take it. ``failed``: the worker failed the
+        request (counted until it answers one again)."""
         w.in_flight -= 1
         w.served += 1
         w.failed = w.failed + 1 if failed else 0
@@ -321,15 +358,6 @@ class WorkerPool:
                 w.drained.set()
         if self._waiters:
             self._dispatch()
-
-    @asynccontextmanager
-    async def lease(self, preferred: str | None = None) -> AsyncIterator[Worker]:
-        """``async with pool.lease() as worker``: the slot is released on every path."""
-        w = await self.acquire(preferred)
-        try:
-            yield w
-        finally:
-            self.release(w)
 
     def redispatch(self) -> None:
         """Dispatch again: a starting worker expected by a cold start may no longer be (see ``_share``)."""

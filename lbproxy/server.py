@@ -18,17 +18,20 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from . import logs
 from .admin import Admin
 from .backends.base import Backend, StartFailed
 from .backends.local import LocalBackend
-from .checks import notices
-from .config import Address, Config
+from .checks import backend_problems, notices
+from .config import Address, Config, ConfigError, load_config
 from .controller import Controller
 from .health import HealthProber
 from .metrics import Metrics
 from .policy import ScalingSettings
 from .pool import WorkerPool
-from .proxy import Proxy
+from .proxy.settings import ProxySettings
+from .proxy.site import ProxyServer
+from .reload import changes
 
 if TYPE_CHECKING:
     from .backends.kubernetes import KubernetesBackend
@@ -108,41 +111,57 @@ async def _start_site(app: web.Application, sock: socket.socket, grace: float) -
     return runner, _url(bound[0], bound[1])
 
 
-ENGINES = ("aiohttp", "fast")
+class _Reloader:
+    """SIGHUP: read the config file again and apply what may change live (``lbproxy.reload``), or keep the
+    running config and say why in one line."""
 
+    def __init__(self, path: str | None, config: Config, pool: WorkerPool, controller: Controller,
+                 proxy: ProxyServer, admin: Admin, environ: Mapping[str, str] | None) -> None:
+        self.path = path
+        self.config = config
+        self.pool = pool
+        self.controller = controller
+        self.proxy = proxy
+        self.admin = admin
+        self.environ = environ
 
-def _engine(environ: Mapping[str, str]) -> str | None:
-    """The proxy engine named by ``LBPROXY_ENGINE``: ``fast`` (lbproxy/fast, the default) or ``aiohttp``
-    (lbproxy/proxy.py, which serves WebSocket sessions either way)."""
-    engine = environ.get("LBPROXY_ENGINE", "fast").strip().lower() or "fast"
-    if engine not in ENGINES:
-        log.error("LBPROXY_ENGINE=%s: use one of %s", engine, ", ".join(ENGINES))
-        return None
-    if engine == "fast":
+    def __call__(self) -> None:
+        if self.path is None:
+            log.warning("SIGHUP: no config file to reload (lbproxy was started without one); ignored")
+            return
         try:
-            import httptools  # noqa: F401
-        except ImportError:
-            log.error("the fast engine needs httptools (a dependency of lbproxy): reinstall lbproxy, "
-                      "or set LBPROXY_ENGINE=aiohttp")
-            return None
-    return engine
+            new = load_config(self.path, self.environ)
+        except ConfigError as exc:
+            log.error("reload refused, the running config is kept: %s is not a valid config: %s", self.path,
+                      "; ".join(exc.problems))
+            return
+        problems = backend_problems(new)
+        live, restart = changes(self.config, new)
+        if problems or restart:
+            why = "; ".join(problems) if problems else f"{', '.join(restart)} can only change with a restart"
+            log.error("reload refused, the running config is kept: %s", why)
+            return
+        if not live:
+            log.info("reload: %s has no changes", self.path)
+            return
+        self.config = new
+        self.pool.concurrency = new.workers.concurrency
+        self.pool.max_queue = new.limits.max_queue
+        self.pool.wait_timeout = new.timeouts.wait
+        self.controller.settings = scaling_settings(new)
+        self.proxy.settings = ProxySettings.from_config(new)
+        self.admin.config = new
+        logs.set_format(new.log.format, new.name)
+        self.pool.redispatch()  # more concurrency may serve waiting requests now
+        self.pool.changed.set()  # and the controller decides again
+        log.info("reloaded %s: %s", self.path, ", ".join(live))
 
 
-async def _start_fast(proxy: Proxy, sock: socket.socket, grace: float) -> tuple[Callable[[], Awaitable[None]], str]:
-    from .fast.site import FastServer
-
-    fast = FastServer(proxy)
-    bound = await fast.start(sock)
-    return (lambda: fast.cleanup(grace)), _url(*bound)
-
-
-async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Run the endpoint until ``stop`` is set (or SIGTERM/SIGINT). Returns the process exit code."""
+async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapping[str, str] | None = None,
+                path: str | None = None) -> int:
+    """Run the endpoint until ``stop`` is set (or SIGTERM/SIGINT; SIGHUP reloads ``path``). Returns the exit code."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    engine = _engine(environ or os.environ)
-    if engine is None:
-        return 2
     try:  # first of all: a port in use must stop lbproxy before it starts a worker or opens a session
         listen_sock = bind("listen", config.listen)
         try:
@@ -182,8 +201,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     backend_notices: list[str] = getattr(backend, "notices", [])  # the backend may add some later (RBAC)
     for notice in [*config_notices, *backend_notices]:
         log.warning("%s", notice)
-    proxy = Proxy(config, pool, metrics)
-    if not proxy.keys.enabled:
+    proxy = ProxyServer(pool, metrics, ProxySettings.from_config(config))
+    if not proxy.settings.keys.enabled:
         log.warning("auth.api_keys is empty: the endpoint is open to anyone who can reach %s:%d",
                     config.listen.host, config.listen.port)
     admin = Admin(config, pool, controller, metrics.render, backend.describe,
@@ -191,22 +210,16 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
                   getattr(backend, "status", None))
     metrics.watch(admin.counts_by_state, lambda: controller.leading)
 
-    app = web.Application()
-    app.router.add_route("*", r"/{tail:[\s\S]*}", proxy.handle)  # [\s\S]: a path may hold %0A
-    grace = config.timeouts.shutdown
     await prober.start()
-    await proxy.start()
-    if engine == "fast":
-        stop_proxy, proxy_url = await _start_fast(proxy, listen_sock, grace)
-    else:
-        proxy_runner, proxy_url = await _start_site(app, listen_sock, grace)
-        stop_proxy = proxy_runner.cleanup
-    admin_runner, admin_url = await _start_site(admin.app(), admin_sock, grace)
-    log.info("endpoint %s listening on %s (admin %s), workers %d..%d, backend %s, engine %s",
-             config.name, proxy_url, admin_url, config.workers.active, config.workers.max, config.backend.type, engine)
+    proxy_url = _url(*await proxy.start(listen_sock))
+    admin_runner, admin_url = await _start_site(admin.app(), admin_sock, config.timeouts.shutdown)
+    log.info("endpoint %s listening on %s (admin %s), workers %d..%d, backend %s",
+             config.name, proxy_url, admin_url, config.workers.active, config.workers.max, config.backend.type)
 
+    reloader = _Reloader(path, config, pool, controller, proxy, admin, environ)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader)  # nginx and HAProxy's convention (and a closed terminal)
     release: Callable[[], Awaitable[None]] | None = None
     if config.backend.type == "kubernetes" and config.backend.leader_election:
         control, release = _lead(config, kube, controller, environ or os.environ)
@@ -221,9 +234,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
             failure = control.exception()
             log.critical("controller stopped: %r; shutting down", failure, exc_info=failure)
         else:
-            log.info("shutting down: finishing in-flight requests (at most %gs)", grace)
+            log.info("shutting down: finishing in-flight requests (at most %gs)", reloader.config.timeouts.shutdown)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         admin.stopping = True
         pool.close()
@@ -234,10 +247,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
         if release is not None:
             with contextlib.suppress(Exception):
                 await release()
-        await stop_proxy()  # stops accepting, waits for in-flight requests (bounded)
+        await proxy.cleanup(reloader.config.timeouts.shutdown)  # stops accepting, waits for in-flight (bounded)
         await controller.shutdown()
         await prober.close()
-        await proxy.close()
         await admin_runner.cleanup()
         log.info("endpoint %s stopped", config.name)
     return exit_code

@@ -133,8 +133,6 @@ async def launch(cfg: dict[str, Any], directory: Path, env: dict[str, str] | Non
     path.write_text(yaml.safe_dump(cfg))
     log_path = directory / f"lbproxy-{n}.log"
     proc_env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "LBPROXY_", "KUBERNETES_"))}
-    if "LBPROXY_ENGINE" in os.environ:  # `LBPROXY_ENGINE=aiohttp pytest`: the end-to-end tests on that engine
-        proc_env["LBPROXY_ENGINE"] = os.environ["LBPROXY_ENGINE"]
     proc_env["LBPROXY_DATA_DIR"] = str(directory / "data")  # state files (queue, cost, workers) stay in the test
     proc_env.update(env or {})
     with log_path.open("wb") as log_file:
@@ -195,15 +193,6 @@ def start_endpoint(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         assert code == 0, f"lbproxy exited with {code}\n{ep.log()[-3000:]}"
         left = [pid for pid in ep.seen_pids if pid_alive(pid)]
         assert not left, f"worker processes left behind: {left}"
-
-
-@pytest.fixture
-def start_fast(start_endpoint: Callable[..., Any]) -> Callable[..., Any]:
-    """``start_endpoint`` on the fast engine, whatever LBPROXY_ENGINE says (its own tests)."""
-    async def start(**overrides: Any) -> Endpoint:
-        ep: Endpoint = await start_endpoint(env={"LBPROXY_ENGINE": "fast"}, **overrides)
-        return ep
-    return start
 
 
 @pytest.fixture

@@ -72,15 +72,6 @@ def test_serve_without_a_worker_command_exits_2(tmp_path):
     assert r.returncode == 2 and "worker.command" in r.stderr
 
 
-def test_serve_with_an_unknown_engine_exits_2_naming_the_choices(tmp_path):
-    cfg = tmp_path / "engine.yaml"
-    cfg.write_text(f"name: engine\nworker:\n  command: [{sys.executable!r}, '-c', 'pass']\n"
-                   "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n")
-    r = lbproxy("serve", str(cfg), env={"LBPROXY_ENGINE": "turbo"})
-    assert r.returncode == 2
-    assert "LBPROXY_ENGINE=turbo" in r.stderr and "aiohttp, fast" in r.stderr
-
-
 @pytest.mark.parametrize("key", ["listen", "admin"])
 def test_a_port_in_use_is_one_line_naming_the_key_and_exit_2(tmp_path, key):
     import socket

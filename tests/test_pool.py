@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from lbproxy.policy import WorkerState, WorkerView
-from lbproxy.pool import NoWorkerInTime, QueueFull, ShuttingDown, Worker, WorkerGone, WorkerPool
+from lbproxy.pool import NoWorkerInTime, QueueFull, ShuttingDown, Slot, Worker, WorkerGone, WorkerPool
 
 
 class FakeClock:
@@ -39,6 +39,31 @@ def ready_worker(pool: WorkerPool, wid: str) -> Worker:
     return w
 
 
+# The pool hands out Slot handles; these keep the tests in terms of workers. A test's slots are kept per pool.
+_held: dict[int, dict[str, list[Slot]]] = {}
+
+
+def _keep(pool: WorkerPool, slot: Slot | None) -> Worker | None:
+    if slot is None:
+        return None
+    _held.setdefault(id(pool), {}).setdefault(slot.worker.id, []).append(slot)
+    return slot.worker
+
+
+def try_acquire(pool: WorkerPool, preferred: str | None = None, strict: bool = False) -> Worker | None:
+    return _keep(pool, pool.try_reserve(preferred, strict))
+
+
+async def acquire(pool: WorkerPool, preferred: str | None = None, strict: bool = False) -> Worker:
+    w = _keep(pool, await pool.reserve(preferred, strict))
+    assert w is not None
+    return w
+
+
+def release(pool: WorkerPool, w: Worker, failed: bool = False) -> None:
+    _held[id(pool)][w.id].pop().release(failed)
+
+
 async def settle(predicate: Callable[[], object], what: str, turns: int = 50) -> None:
     """Let other tasks run, one loop turn at a time, until ``predicate()`` holds."""
     for _ in range(turns):
@@ -51,7 +76,7 @@ async def settle(predicate: Callable[[], object], what: str, turns: int = 50) ->
 async def waiting(pool: WorkerPool, preferred: str | None = None) -> asyncio.Task[Worker]:
     """Start an ``acquire`` and return once it is queued."""
     before = pool.queued
-    task = asyncio.create_task(pool.acquire(preferred))
+    task = asyncio.create_task(acquire(pool, preferred))
     await settle(lambda: pool.queued == before + 1, "request queued")
     return task
 
@@ -62,7 +87,7 @@ async def waiting(pool: WorkerPool, preferred: str | None = None) -> asyncio.Tas
 async def test_acquire_takes_a_free_slot_at_once() -> None:
     pool = make_pool(concurrency=2)
     w = ready_worker(pool, "a")
-    assert await pool.acquire() is w
+    assert await acquire(pool) is w
     assert (w.in_flight, w.idle_since, pool.queued) == (1, None, 0)
 
 
@@ -70,13 +95,13 @@ async def test_acquire_prefers_the_requested_worker() -> None:
     pool = make_pool(concurrency=2)
     ready_worker(pool, "a")
     b = ready_worker(pool, "b")
-    assert await pool.acquire(preferred="b") is b
+    assert await acquire(pool, preferred="b") is b
 
 
 async def test_try_acquire_gives_none_without_a_ready_worker() -> None:
     pool = make_pool()
     add(pool, "a")
-    assert pool.try_acquire() is None
+    assert try_acquire(pool) is None
     assert pool.queued == 0
 
 
@@ -85,7 +110,7 @@ async def test_unhealthy_worker_gets_no_requests() -> None:
     w = ready_worker(pool, "a")
     pool.set_state(w, WorkerState.UNHEALTHY, "/ping did not answer")
     assert pool.ready == ()
-    assert pool.try_acquire() is None
+    assert try_acquire(pool) is None
 
 
 # -- the FIFO queue ------------------------------------------------------------------------------------
@@ -94,11 +119,11 @@ async def test_unhealthy_worker_gets_no_requests() -> None:
 async def test_waiters_are_served_in_arrival_order_as_slots_free() -> None:
     pool = make_pool(concurrency=1)
     w = ready_worker(pool, "a")
-    await pool.acquire()
+    await acquire(pool)
     served: list[str] = []
 
     async def client(name: str) -> None:
-        await pool.acquire()
+        await acquire(pool)
         served.append(name)
 
     tasks = []
@@ -107,7 +132,7 @@ async def test_waiters_are_served_in_arrival_order_as_slots_free() -> None:
         await settle(lambda: pool.queued == len(tasks), "request queued")
 
     async def free_a_slot() -> list[str]:
-        pool.release(w)  # the slot goes straight to the oldest waiter
+        release(pool, w)  # the slot goes straight to the oldest waiter
         assert w.in_flight == 1
         count = len(served) + 1
         await settle(lambda: len(served) == count, "waiter served")
@@ -136,7 +161,7 @@ async def test_wait_longer_than_wait_timeout_fails_with_no_worker_in_time() -> N
     pool = make_pool(wait_timeout=0.05)
     add(pool, "a")
     with pytest.raises(NoWorkerInTime):
-        await pool.acquire()
+        await acquire(pool)
     assert pool.queued == 0
 
 
@@ -144,7 +169,7 @@ async def test_request_beyond_max_queue_fails_with_queue_full() -> None:
     pool = make_pool(max_queue=2)
     tasks = [await waiting(pool), await waiting(pool)]
     with pytest.raises(QueueFull):
-        await pool.acquire()
+        await acquire(pool)
     assert pool.queued == 2
     pool.close()
     for t in tasks:
@@ -155,7 +180,7 @@ async def test_request_beyond_max_queue_fails_with_queue_full() -> None:
 async def test_max_queue_zero_refuses_every_wait() -> None:
     pool = make_pool(max_queue=0)
     with pytest.raises(QueueFull):
-        await pool.acquire()
+        await acquire(pool)
 
 
 async def test_queueing_with_no_ready_worker_calls_for_a_cold_start() -> None:
@@ -172,12 +197,12 @@ async def test_queueing_with_no_ready_worker_calls_for_a_cold_start() -> None:
 async def test_queueing_behind_a_full_ready_worker_does_not_call_for_a_cold_start() -> None:
     pool = make_pool(concurrency=1)
     w = ready_worker(pool, "a")
-    await pool.acquire()
+    await acquire(pool)
     calls: list[None] = []
     pool.on_queued_without_worker(lambda: calls.append(None))
     task = await waiting(pool)
     assert calls == []
-    pool.release(w)
+    release(pool, w)
     assert await task is w
 
 
@@ -210,7 +235,7 @@ async def test_late_ready_does_not_bring_back_a_worker_being_scaled_down(state: 
     pool.set_state(w, WorkerState.READY, "/ping 200")
     assert w.state is state
     assert pool.ready == ()
-    assert pool.try_acquire() is None
+    assert try_acquire(pool) is None
 
 
 async def test_exited_worker_is_removed_from_the_pool() -> None:
@@ -255,8 +280,8 @@ async def test_drained_worker_gets_no_new_requests() -> None:
     b = ready_worker(pool, "b")
     pool.drain(a)
     assert pool.ready == (b,)
-    assert pool.try_acquire(preferred="a") is b
-    assert pool.try_acquire() is None
+    assert try_acquire(pool, preferred="a") is b
+    assert try_acquire(pool) is None
 
 
 async def test_drain_of_an_idle_worker_is_done_at_once() -> None:
@@ -268,24 +293,24 @@ async def test_drain_of_an_idle_worker_is_done_at_once() -> None:
 async def test_drain_is_done_when_the_last_request_ends() -> None:
     pool = make_pool(concurrency=2)
     w = ready_worker(pool, "a")
-    first, second = await pool.acquire(), await pool.acquire()
+    first, second = await acquire(pool), await acquire(pool)
     drained = pool.drain(w)
     assert w.state is WorkerState.DRAINING
     assert not drained.is_set()
-    pool.release(first)
+    release(pool, first)
     assert not drained.is_set()
-    pool.release(second)
+    release(pool, second)
     assert drained.is_set()
 
 
 async def test_drain_waits_for_requests_after_a_recovery_from_unhealthy() -> None:
     pool = make_pool(concurrency=2)
     w = ready_worker(pool, "a")
-    earlier = await pool.acquire()
+    earlier = await acquire(pool)
     pool.set_state(w, WorkerState.UNHEALTHY, "connection refused")
-    pool.release(earlier)  # that request ends while the worker is unhealthy
+    release(pool, earlier)  # that request ends while the worker is unhealthy
     pool.set_state(w, WorkerState.READY, "/ping 200 again")
-    await pool.acquire()
+    await acquire(pool)
     drained = pool.drain(w)
     assert w.in_flight == 1
     assert not drained.is_set()
@@ -304,7 +329,7 @@ async def test_cancelled_waiter_leaves_no_waiter_and_no_slot() -> None:
     assert pool.queued == 0
     pool.set_state(w, WorkerState.READY, "/ping 200")
     assert w.in_flight == 0
-    assert pool.try_acquire() is w
+    assert try_acquire(pool) is w
 
 
 async def test_worker_handed_over_to_a_waiter_cancelled_before_it_ran_is_given_back() -> None:
@@ -317,13 +342,13 @@ async def test_worker_handed_over_to_a_waiter_cancelled_before_it_ran_is_given_b
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (w.in_flight, w.served, pool.queued) == (0, 1, 0)
-    assert pool.try_acquire() is w
+    assert try_acquire(pool) is w
 
 
 async def test_worker_handed_over_in_the_same_turn_as_the_wait_timeout_is_given_back() -> None:
     pool = make_pool(wait_timeout=0.0)
     w = add(pool, "a")
-    task = asyncio.create_task(pool.acquire())
+    task = asyncio.create_task(acquire(pool))
     # The task's first step queues the request and, with a zero timeout, schedules the timeout for the
     # next loop turn. This callback runs right after that step, so the worker is handed over first and the
     # timeout then cancels a task whose future is already resolved.
@@ -336,51 +361,42 @@ async def test_worker_handed_over_in_the_same_turn_as_the_wait_timeout_is_given_
 async def test_slot_freed_after_a_waiter_gave_up_goes_to_the_next_waiter() -> None:
     pool = make_pool(concurrency=1)
     w = ready_worker(pool, "a")
-    held = await pool.acquire()
+    held = await acquire(pool)
     gave_up, patient = await waiting(pool), await waiting(pool)
     gave_up.cancel()
     with pytest.raises(asyncio.CancelledError):
         await gave_up
-    pool.release(held)
+    release(pool, held)
     assert await patient is w
     assert w.in_flight == 1
 
 
-# -- lease ---------------------------------------------------------------------------------------------
+# -- the slot handle ---------------------------------------------------------------------------------------
 
 
-async def test_lease_releases_the_slot_when_the_block_ends() -> None:
-    pool = make_pool()
+async def test_a_slot_is_given_back_once_however_often_it_is_released() -> None:
+    pool = make_pool(concurrency=2)
     w = ready_worker(pool, "a")
-    async with pool.lease() as leased:
-        assert leased is w
-        assert w.in_flight == 1
-    assert w.in_flight == 0
+    slot = pool.try_reserve()
+    other = pool.try_reserve()
+    assert slot is not None and other is not None and slot.worker is w and w.in_flight == 2
+    slot.release()
+    slot.release()  # every ending path may release: only the first counts
+    assert slot.released and w.in_flight == 1 and w.served == 1
+    other.release(failed=True)
+    assert w.in_flight == 0 and w.failed == 1
 
 
-async def test_lease_releases_the_slot_on_exception() -> None:
-    pool = make_pool()
+async def test_a_slot_reserved_while_waiting_is_the_worker_that_freed_up() -> None:
+    pool = make_pool(concurrency=1)
     w = ready_worker(pool, "a")
-    with pytest.raises(RuntimeError):
-        async with pool.lease():
-            raise RuntimeError("worker failed")
-    assert w.in_flight == 0
-
-
-async def test_lease_releases_the_slot_when_its_task_is_cancelled() -> None:
-    pool = make_pool()
-    w = ready_worker(pool, "a")
-    never = asyncio.Event()
-
-    async def request() -> None:
-        async with pool.lease():
-            await never.wait()
-
-    task = asyncio.create_task(request())
-    await settle(lambda: w.in_flight == 1, "lease taken")
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    first = await pool.reserve()
+    waiter = asyncio.create_task(pool.reserve())
+    await settle(lambda: pool.queued == 1, "queued")
+    first.release()
+    second = await waiter
+    assert second.worker is w and w.in_flight == 1
+    second.release()
     assert w.in_flight == 0
 
 
@@ -402,10 +418,8 @@ async def test_closed_pool_refuses_new_requests_even_with_a_free_worker() -> Non
     w = ready_worker(pool, "a")
     pool.close()
     with pytest.raises(ShuttingDown):
-        await pool.acquire()
-    with pytest.raises(ShuttingDown):
-        async with pool.lease():
-            pass
+        await acquire(pool)
+    assert pool.try_reserve() is None
     assert w.in_flight == 0
 
 
@@ -413,7 +427,7 @@ async def test_closed_pool_gives_no_slot_to_try_acquire() -> None:
     pool = make_pool()
     ready_worker(pool, "a")
     pool.close()
-    assert pool.try_acquire() is None
+    assert try_acquire(pool) is None
 
 
 # -- the controller's view -----------------------------------------------------------------------------
@@ -431,7 +445,7 @@ async def test_snapshot_reflects_states_queue_and_idle_time() -> None:
     assert (s.queued, s.oldest_queued_at, s.start_blocked_until) == (0, None, 0.0)
 
     clock.now = 104.0
-    held = await pool.acquire()
+    held = await acquire(pool)
     clock.now = 105.0
     task = await waiting(pool)
     clock.now = 106.0
@@ -440,8 +454,8 @@ async def test_snapshot_reflects_states_queue_and_idle_time() -> None:
     assert (s.queued, s.oldest_queued_at, s.start_blocked_until) == (1, 105.0, 110.0)
 
     clock.now = 107.0
-    pool.release(held)
-    pool.release(await task)
+    release(pool, held)
+    release(pool, await task)
     s = pool.snapshot()
     assert s.workers == (WorkerView("a", WorkerState.READY, 0, 103.0, 107.0),)
     assert (s.queued, s.oldest_queued_at) == (0, None)
@@ -452,7 +466,7 @@ async def test_snapshot_reflects_states_queue_and_idle_time() -> None:
 
 async def strict_waiting(pool: WorkerPool, wid: str) -> asyncio.Task[Worker]:
     before = pool.queued
-    task = asyncio.create_task(pool.acquire(wid, strict=True))
+    task = asyncio.create_task(acquire(pool, wid, strict=True))
     await settle(lambda: pool.queued == before + 1, "strict request queued")
     return task
 
@@ -460,43 +474,43 @@ async def strict_waiting(pool: WorkerPool, wid: str) -> asyncio.Task[Worker]:
 async def test_strict_request_takes_only_its_worker() -> None:
     pool = make_pool(concurrency=1)
     a, b = ready_worker(pool, "a"), ready_worker(pool, "b")
-    assert await pool.acquire("b", strict=True) is b
-    assert pool.try_acquire("b", strict=True) is None  # b is full; a is free but not b
+    assert await acquire(pool, "b", strict=True) is b
+    assert try_acquire(pool, "b", strict=True) is None  # b is full; a is free but not b
     assert a.in_flight == 0
 
 
 async def test_strict_waiter_gets_its_worker_when_a_slot_frees() -> None:
     pool = make_pool(concurrency=1)
     a = ready_worker(pool, "a")
-    await pool.acquire("a", strict=True)
+    await acquire(pool, "a", strict=True)
     ready_worker(pool, "b")  # a free worker, not the one asked for
     task = await strict_waiting(pool, "a")
     await settle(lambda: True, "a turn")
     assert not task.done()
-    pool.release(a)
+    release(pool, a)
     assert await task is a
 
 
 async def test_strict_waiter_does_not_hold_up_other_requests() -> None:
     pool = make_pool(concurrency=1)
     a = ready_worker(pool, "a")
-    await pool.acquire()  # a is busy
+    await acquire(pool)  # a is busy
     strict = await strict_waiting(pool, "a")
     b = ready_worker(pool, "b")
     # A request for any worker, queued behind the strict one, takes b; a new one does too (try_acquire).
-    assert pool.try_acquire() is b
-    pool.release(b)
-    anyone = asyncio.create_task(pool.acquire())
+    assert try_acquire(pool) is b
+    release(pool, b)
+    anyone = asyncio.create_task(acquire(pool))
     assert await anyone is b
     assert not strict.done()
-    pool.release(a)
+    release(pool, a)
     assert await strict is a
 
 
 async def test_strict_waiters_do_not_count_as_queue_for_scaling() -> None:
     pool = make_pool(concurrency=1)
     ready_worker(pool, "a")
-    await pool.acquire()
+    await acquire(pool)
     await strict_waiting(pool, "a")
     snap = pool.snapshot()
     assert (snap.queued, snap.oldest_queued_at, pool.queued) == (0, None, 1)
@@ -506,16 +520,16 @@ async def test_strict_request_for_an_unknown_or_leaving_worker_fails_with_worker
     pool = make_pool(concurrency=1)
     w = ready_worker(pool, "a")
     with pytest.raises(WorkerGone):
-        await pool.acquire("nope", strict=True)
+        await acquire(pool, "nope", strict=True)
     pool.drain(w)
     with pytest.raises(WorkerGone):
-        await pool.acquire("a", strict=True)
+        await acquire(pool, "a", strict=True)
 
 
 async def test_strict_waiter_fails_at_once_when_its_worker_leaves() -> None:
     pool = make_pool(concurrency=1, wait_timeout=30.0)
     w = ready_worker(pool, "a")
-    await pool.acquire()
+    await acquire(pool)
     task = await strict_waiting(pool, "a")
     pool.set_state(w, WorkerState.STOPPING, "replaced")
     with pytest.raises(WorkerGone):
@@ -535,16 +549,16 @@ async def test_strict_waiter_waits_while_its_worker_is_unhealthy_and_gets_it_bac
 async def test_strict_queue_state_stays_consistent_when_waiters_give_up() -> None:
     pool = make_pool(concurrency=1, wait_timeout=0.05)
     a = ready_worker(pool, "a")
-    await pool.acquire()
+    await acquire(pool)
     with pytest.raises(NoWorkerInTime):
-        await pool.acquire("a", strict=True)
+        await acquire(pool, "a", strict=True)
     task = await strict_waiting(pool, "a")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert pool.queued == 0 and pool.snapshot().queued == 0
-    pool.release(a)
-    assert pool.try_acquire() is a  # no phantom strict waiter blocks or takes the slot
+    release(pool, a)
+    assert try_acquire(pool) is a  # no phantom strict waiter blocks or takes the slot
 
 
 # -- a cold start's queue is shared among the workers started for it ---------------------------------------
@@ -602,7 +616,7 @@ async def test_once_the_burst_is_served_requests_route_as_usual() -> None:
     pool.set_state(a, WorkerState.READY, "/ping 200")
     await settle(task.done, "the queued request")
     for _ in range(5):  # b still starting: no queue now, so nothing is held back
-        assert pool.try_acquire() is a
+        assert try_acquire(pool) is a
     assert a.in_flight == 6
 
 
@@ -619,12 +633,12 @@ async def test_failing_starts_fail_waiting_requests_at_once_with_the_reason() ->
     assert caught.value.why == "workers are failing to start (2 in a row): exit code 3"
     assert caught.value.retry_after == 4.0
     with pytest.raises(NoWorkerInTime):  # a new request does not wait either
-        await pool.acquire()
+        await acquire(pool)
     pool.set_trouble("workers are failing to start (2 in a row): exit code 3", until=clock.now)
     task = await waiting(pool)  # a new start is being tried: requests wait for it again ...
     pool.wait_timeout = 0.01
     with pytest.raises(NoWorkerInTime) as caught:
-        await pool.acquire()
+        await acquire(pool)
     assert caught.value.why.startswith("workers are failing to start")  # ... and learn why if it does not come
     task.cancel()
 
@@ -633,9 +647,9 @@ async def test_failing_starts_do_not_stop_a_ready_worker_from_serving() -> None:
     pool = make_pool(concurrency=1)
     w = ready_worker(pool, "a")
     pool.set_trouble("workers are failing to start", until=pool.clock() + 10, fail_fast=True)
-    assert await pool.acquire() is w
+    assert await acquire(pool) is w
     task = await waiting(pool)  # behind the ready worker's one slot
-    pool.release(w)
+    release(pool, w)
     assert await task is w
 
 
@@ -651,7 +665,7 @@ async def test_no_worker_in_time_says_which_workers_are_still_starting_and_when_
     slow.reason = "/ping 204 (initializing)"
     clock.now += 3.0
     with pytest.raises(NoWorkerInTime) as caught:
-        await pool.acquire()
+        await acquire(pool)
     assert caught.value.why == "1 worker(s) still starting (the first for 3s: /ping 204 (initializing))"
     assert caught.value.retry_after == 7.0  # the expected 10 s start less the 3 s it has been starting
 
@@ -660,9 +674,9 @@ async def test_release_counts_the_failures_since_the_last_answer() -> None:
     pool = make_pool(concurrency=3)
     w = ready_worker(pool, "a")
     for _ in range(3):
-        pool.try_acquire()
-    pool.release(w, failed=True)
-    pool.release(w, failed=True)
+        try_acquire(pool)
+    release(pool, w, failed=True)
+    release(pool, w, failed=True)
     assert w.failed == 2
-    pool.release(w)
+    release(pool, w)
     assert w.failed == 0

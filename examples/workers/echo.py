@@ -23,7 +23,7 @@ Routes (app port):
     ANY  /echo, /echo/...   JSON: worker, pid, method, path, raw_path (request target as received, incl. the
                             query), query (str, or list when repeated), headers (as received, repeated ones
                             joined with ", "), body_len, body_sha256 (the body is read streamingly)
-    GET  /sleep?s=F         sleep s seconds, then {"slept": s, "worker": id} (s=3600: a hanging request)
+    ANY  /sleep?s=F         sleep s seconds, then {"slept": s, "worker": id} (s=3600: a hanging request)
     GET  /stream?n=&interval=&size=   chunked text/plain: n chunks of size bytes ("chunk-i...\\n"),
                             interval seconds apart (defaults 5, 0.1, 16)
     GET  /sse?n=&interval=  text/event-stream: n events "data: i\\n\\n", interval seconds apart
@@ -275,7 +275,7 @@ def make_app(*, app_routes: bool, ping_route: bool) -> web.Application:
         app.on_shutdown.append(_close_websockets)
         app.router.add_route("*", "/echo", echo)
         app.router.add_route("*", r"/echo/{tail:[\s\S]*}", echo)
-        app.router.add_get("/sleep", sleep)
+        app.router.add_route("*", "/sleep", sleep)  # any method: a long POST (an LLM call) too
         app.router.add_get("/stream", stream)
         app.router.add_get("/sse", sse)
         app.router.add_get("/bytes", nbytes)

@@ -1,7 +1,8 @@
-"""The fast path's client side: an ``asyncio.Protocol`` per client connection, parsed with llhttp (httptools).
+"""The client side: an ``asyncio.Protocol`` per client connection, parsed with llhttp (httptools).
 
 Requests on one connection are answered in order: the first in ``queue`` is served, later (pipelined) ones
-wait there, with reading paused. WebSocket handshakes are handed, with the connection, to aiohttp.
+wait there, with reading paused. A WebSocket handshake is an exchange like any other; on the worker's 101 the
+connection stops parsing and its bytes go to that exchange's tunnel (``TUNNELLING``).
 """
 
 from __future__ import annotations
@@ -10,25 +11,24 @@ import asyncio
 import logging
 from collections import deque
 from time import monotonic
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from ..errors import ProxyError
 from ..sockets import reset
-from . import framing
-from .exchange import BODY_FLAG, Exchange
-from .framing import HEAD_TOO_LARGE, MALFORMED, Header
+from . import errors, framing
+from .errors import ProxyError
+from .exchange import Exchange
+from .framing import Header
+from .shared import Shared
+from .sides import BODY_FLAG, PIPELINE_FLAG, UPGRADE_FLAG
 
-if TYPE_CHECKING:
-    from .site import FastServer
-
-log = logging.getLogger("lbproxy.fast")
+log = logging.getLogger("lbproxy.proxy")
 
 # Slowloris: a request head (or a new connection's first one) must arrive whole within this. A real client
 # sends a head in one write; 5 s covers a slow mobile link (Go servers commonly use ReadHeaderTimeout 5-10 s).
 HEADER_TIMEOUT = 5.0
-# An idle keep-alive connection is closed after this: aiohttp's default, as the aiohttp engine. It is longer
+# An idle keep-alive connection is closed after this (aiohttp's default, 3,630 s). It is longer
 # than the idle timeout of load balancers in front (60-600 s), so they, not lbproxy, close idle connections.
 KEEPALIVE_TIMEOUT = 3630.0
 MAX_HEAD = 64 * 1024  # request line + headers; more gets 431
@@ -37,8 +37,7 @@ MAX_HEADERS = 128  # as aiohttp
 # connection answers those it took and closes (RFC 9112 9.3.2: the client retries the rest).
 MAX_PIPELINE = 64
 LINGER = 2.0  # after the last response of a closing connection, what the client still sends is read this long
-PIPELINE_FLAG, UPGRADE_FLAG = 1, 4  # reasons to stop reading the client (with exchange.BODY_FLAG)
-OPEN, LINGERING, CLOSED, HANDED_OFF = range(4)
+OPEN, TUNNELLING, LINGERING, CLOSED = range(4)
 _NEVER = float("inf")
 
 
@@ -67,11 +66,11 @@ class _HeadTooLarge(Exception):
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = ("blocked", "chunk_raw", "deadline", "head_raw", "head_size", "headers", "last", "linger_left",
-                 "parser", "peer", "queue", "receiving", "server", "start_pending", "started", "state", "tail",
-                 "transport", "url", "writing_paused")
+                 "parser", "peer", "queue", "receiving", "session", "shared", "start_pending", "started", "state",
+                 "tail", "transport", "url", "writing_paused")
 
-    def __init__(self, server: FastServer) -> None:
-        self.server = server
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
         self.transport = cast(asyncio.Transport, None)
         self.parser = HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
@@ -87,7 +86,8 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = monotonic() + HEADER_TIMEOUT
         self.state = OPEN
         self.last = False  # parse no further requests (Connection: close, a parse error, an upgrade)
-        self.tail: bytes | None = None  # what followed a WebSocket handshake, for aiohttp
+        self.tail: bytes | None = None  # what followed a WebSocket handshake, for the worker after its 101
+        self.session: Exchange | None = None  # the exchange tunnelling a WebSocket session
         self.start_pending = False
         self.linger_left = 0  # bytes still to send while lingering, at the last look
         # Bytes read since a chunk-size line or the trailer section began (-1: it began in this read; None: not in one)
@@ -100,9 +100,13 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = str(peer[0]).encode()
-        self.server.connections.add(self)
+        self.shared.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is not None:
+            session.from_client(data)
+            return
         if self.last:
             if self.tail is not None:
                 self.tail += data
@@ -130,25 +134,24 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     self.head_raw += len(data)
                     if self.head_raw > MAX_HEAD:
-                        self._reject_head(HEAD_TOO_LARGE, {"limit": MAX_HEAD})
+                        self._reject_head(errors.HEAD_TOO_LARGE, {"limit": MAX_HEAD})
         if self.start_pending:
             self.start_pending = False
             self._start_next()
 
     def eof_received(self) -> bool | None:
-        # The client closed: a client gone mid-request cancels it (as the aiohttp engine and nginx do). A
+        # The client closed: a client gone mid-request cancels it (as nginx does). A
         # half-close that still waits for responses is told apart from a close only by writing into it, too late.
         return None  # the transport closes; connection_lost frees what the exchanges hold
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.state is HANDED_OFF:
-            return
         self.state = CLOSED
-        for ex in self.queue:
+        self.session = None
+        for ex in list(self.queue):
             ex.client_lost()
         self.queue.clear()
         self.receiving = None
-        self.server.forget(self)
+        self.shared.forget(self)
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -195,17 +198,19 @@ class ClientConnection(asyncio.Protocol):
         self.head_size = -1
         self.deadline = _NEVER
         version = parser.get_http_version()
-        ex = Exchange(self, self.started, parser.get_method(), self.url, version == "1.0",
+        shared = self.shared
+        ex = Exchange(self, shared, self.started, parser.get_method(), self.url, version == "1.0",
                       parser.should_keep_alive())
         if version != "1.1" and version != "1.0":
-            ex.reject(MALFORMED, close=True, detail=f"HTTP/{version} is not supported")
+            ex.reject(errors.MALFORMED, close=True, detail=f"HTTP/{version} is not supported")
         else:
-            info = framing.scan_request(self.headers, self.server.drop_authorization)
-            if info.websocket and ex.method == b"GET" and _connection_upgrade(self.headers):  # llhttp upgrades
-                ex.handoff = framing.websocket_head(ex.method, ex.url, version.encode(), self.headers)
+            info = framing.scan_request(self.headers, ex.settings.drop_authorization)
+            # A WebSocket handshake (llhttp stops at its head): tunnelled if the worker answers 101.
+            upgrade = (info.websocket and ex.method == b"GET" and version == "1.1"
+                       and _connection_upgrade(self.headers))
+            if upgrade:
                 self.last = True
-            else:
-                ex.prepare(info)
+            ex.prepare(info, upgrade)
         self._enqueue(ex)
         self.receiving = ex
 
@@ -240,15 +245,16 @@ class ClientConnection(asyncio.Protocol):
             self.block(PIPELINE_FLAG)
 
     def _upgraded(self, data: bytes, offset: int) -> None:
-        if self.queue and self.queue[-1].handoff is not None:
-            self.tail = data[offset:]
+        if self.queue and self.queue[-1].upgrade:
+            self.tail = data[offset:]  # a client's first frames may come with its handshake
             self.block(UPGRADE_FLAG)
         elif self.last:
             pass
         elif self.queue and _declares_body(self.headers):
             # llhttp ends an upgrade request at its head: a body it declared would be read as the next request
             # (and the worker, told Content-Length, would read the next request as that body).
-            self.queue[-1].reject(MALFORMED, close=True, detail="a request body with 'Upgrade' is not supported")
+            self.queue[-1].reject(errors.MALFORMED, close=True,
+                                  detail="a request body with 'Upgrade' is not supported")
             self.last = True
         elif offset < len(data):
             # An upgrade lbproxy does not take (h2c): answered as plain HTTP/1.1, the connection goes on so.
@@ -259,7 +265,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(cause, _Stop):
             return
         if isinstance(cause, _HeadTooLarge):
-            return self._reject_head(HEAD_TOO_LARGE, {"limit": MAX_HEAD})
+            return self._reject_head(errors.HEAD_TOO_LARGE, {"limit": MAX_HEAD})
         log.error("bug while reading a request; closing the client connection", exc_info=cause or exc)
         self.last = True
         self.transport.close()
@@ -272,14 +278,14 @@ class ClientConnection(asyncio.Protocol):
             self.last = True
             ex.request_malformed(detail)
         else:
-            self._reject_head(MALFORMED, {"detail": detail})
+            self._reject_head(errors.MALFORMED, {"detail": detail})
 
     def _reject_head(self, err: ProxyError, details: dict[str, object]) -> None:
         self.head_size = -1
         self.last = True
-        ex = Exchange(self, monotonic(), b"", b"", False, False)
-        ex.error = (err, (), details)
-        ex.close_after = ex.request_done = True
+        ex = Exchange(self, self.shared, monotonic(), b"", b"", False, False)
+        ex.reject(err, (), close=True, **details)
+        ex.request_done = True
         self._enqueue(ex)
 
     # -- serving in order ------------------------------------------------------------------------
@@ -291,10 +297,7 @@ class ClientConnection(asyncio.Protocol):
             self.unblock(PIPELINE_FLAG)
         ex = self.queue[0]
         try:
-            if ex.handoff is None:
-                ex.start()
-            elif self.tail is not None or not self.parser_busy():
-                self._hand_off(ex.handoff + (self.tail or b""))
+            ex.start()
         except Exception:
             log.exception("bug while starting a request; closing the client connection")
             self.transport.abort()  # connection_lost frees what the exchange holds
@@ -302,17 +305,21 @@ class ClientConnection(asyncio.Protocol):
     def parser_busy(self) -> bool:
         return self.receiving is not None or self.head_size >= 0
 
-    def exchange_done(self, ex: Exchange, keep: bool) -> None:
-        """``ex`` wrote its last byte: serve the next request, wait for one, or close."""
+    def exchange_done(self, exchange: object, keep: bool) -> None:
+        """``exchange`` wrote its last byte: serve the next request, wait for one, or close."""
         queue = self.queue
-        if queue and queue[0] is ex:
+        if queue and queue[0] is exchange:
             queue.popleft()
+        if self.state is TUNNELLING:  # the session is over
+            self.state = OPEN
+            self.session = None
+            keep = False
         self.unblock(BODY_FLAG)
         if self.state is not OPEN:
             return
-        if not keep or self.server.closing:
+        if not keep or self.shared.closing:
             self.close_softly()
-            return self.server.check_drained()
+            return self.shared.check_drained()
         if queue:
             asyncio.get_running_loop().call_soon(self._start_next)
         elif self.last and not self.parser_busy():
@@ -322,26 +329,33 @@ class ClientConnection(asyncio.Protocol):
             if self.head_size < 0:
                 self.deadline = monotonic() + KEEPALIVE_TIMEOUT
 
-    def _hand_off(self, data: bytes) -> None:
-        self.state = HANDED_OFF
-        self.server.forget(self)
-        self.queue.clear()
-        if self.blocked:
-            self.blocked = 0
-            self.transport.resume_reading()
-        self.server.hand_off(self.transport, data)
+    def take_tail(self) -> bytes:
+        tail, self.tail = self.tail or b"", None
+        return tail
+
+    def tunnel(self, exchange: object) -> None:
+        """The worker took the WebSocket handshake (101): from now on the client's bytes are the session's."""
+        assert isinstance(exchange, Exchange)
+        self.state = TUNNELLING
+        self.session = exchange
+        self.parser = cast(HttpRequestParser, None)  # never parsed again: free it (10,000 sessions add up)
+        self.headers = []
+        self.unblock(UPGRADE_FLAG)
+
+    def busy(self) -> bool:
+        return bool(self.queue)
 
     # -- flow control and closing ----------------------------------------------------------------
 
     def block(self, flag: int) -> None:
-        if not self.blocked and self.state is OPEN:
+        if not self.blocked and self.state <= TUNNELLING:
             self.transport.pause_reading()
         self.blocked |= flag
 
     def unblock(self, flag: int) -> None:
         if self.blocked & flag:
             self.blocked &= ~flag
-            if not self.blocked and self.state is OPEN:
+            if not self.blocked and self.state <= TUNNELLING:
                 self.transport.resume_reading()
 
     def close_softly(self) -> None:
@@ -390,6 +404,14 @@ class ClientConnection(asyncio.Protocol):
         """Stop: close now when idle, else after the responses in progress (they say Connection: close)."""
         if self.state is OPEN and not self.queue:
             self.close_softly()
+
+    def cut(self) -> bool | None:
+        """Shutdown's grace is over: the request in progress gets 503 ``shutting_down`` if nothing of its response
+        went out yet (True), else its connection is reset (False); pipelined ones behind it are dropped. None:
+        nothing was in progress."""
+        if not self.queue:
+            return None
+        return self.queue[0].cut()
 
     def local_host(self) -> bytes:
         """X-Forwarded-Host without a Host header: the address the request came to (as aiohttp's request.host)."""

@@ -16,11 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from lbproxy.auth import ApiKeys
-from lbproxy.fast.server import ClientConnection
-
 from .conftest import Endpoint
-from .test_fast_path import body_json, connect, read_response, ready_worker, rss_kib
+from .proxy_harness import connection
+from .test_proxy_http import body_json, connect, read_response, ready_worker, rss_kib
 
 
 async def read_until_closed(reader: asyncio.StreamReader, limit: float = 10.0) -> list[Any]:
@@ -37,8 +35,8 @@ async def read_until_closed(reader: asyncio.StreamReader, limit: float = 10.0) -
 # -- client side ---------------------------------------------------------------------------------------
 
 
-async def test_upgrade_request_with_a_body_is_refused_so_the_body_never_runs_as_a_request(start_fast):
-    ep = await start_fast(workers={"active": 1, "max": 1}, timeouts={"execution": "5s"})
+async def test_upgrade_request_with_a_body_is_refused_so_the_body_never_runs_as_a_request(start_endpoint):
+    ep = await start_endpoint(workers={"active": 1, "max": 1}, timeouts={"execution": "5s"})
     await ready_worker(ep)
     reader, writer = await connect(ep)
     smuggled = b"GET /echo/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -53,8 +51,8 @@ async def test_upgrade_request_with_a_body_is_refused_so_the_body_never_runs_as_
     assert headers["connection"] == "close"
 
 
-async def test_upgrade_request_with_a_body_never_desyncs_a_pooled_worker_connection(start_fast, client):
-    ep = await start_fast(workers={"active": 1, "max": 1}, timeouts={"execution": "5s"})
+async def test_upgrade_request_with_a_body_never_desyncs_a_pooled_worker_connection(start_endpoint, client):
+    ep = await start_endpoint(workers={"active": 1, "max": 1}, timeouts={"execution": "5s"})
     await ready_worker(ep)
     reader, writer = await connect(ep)
     # Had lbproxy sent this head (Content-Length: 200) without its body, the worker would read the next
@@ -67,8 +65,8 @@ async def test_upgrade_request_with_a_body_never_desyncs_a_pooled_worker_connect
     assert r.status_code == 200 and r.json()["raw_path"] == "/echo/innocent"
 
 
-async def test_body_less_h2c_upgrade_is_served_as_http11(start_fast):
-    ep = await start_fast()
+async def test_body_less_h2c_upgrade_is_served_as_http11(start_endpoint):
+    ep = await start_endpoint()
     reader, writer = await connect(ep)
     writer.write(b"GET /echo/a HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
                  b"GET /echo/b HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -77,8 +75,8 @@ async def test_body_less_h2c_upgrade_is_served_as_http11(start_fast):
     writer.close()
 
 
-async def test_websocket_header_without_connection_upgrade_is_plain_http_and_the_next_request_served(start_fast):
-    ep = await start_fast()
+async def test_websocket_header_without_connection_upgrade_is_plain_http_and_the_next_request_served(start_endpoint):
+    ep = await start_endpoint()
     reader, writer = await connect(ep)
     writer.write(b"GET /echo/ws-ish HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -88,8 +86,8 @@ async def test_websocket_header_without_connection_upgrade_is_plain_http_and_the
     writer.close()
 
 
-async def test_an_endless_trailer_line_is_cut_off_like_an_oversized_head(start_fast):
-    ep = await start_fast(workers={"active": 1, "max": 1})
+async def test_an_endless_trailer_line_is_cut_off_like_an_oversized_head(start_endpoint):
+    ep = await start_endpoint(workers={"active": 1, "max": 1})
     await ready_worker(ep)
     reader, writer = await connect(ep)
     writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: ")
@@ -107,8 +105,8 @@ async def test_an_endless_trailer_line_is_cut_off_like_an_oversized_head(start_f
     assert rss_kib(ep.proc.pid) - before < 8_000, "lbproxy buffered the trailer line"
 
 
-async def test_a_response_before_the_whole_request_body_says_connection_close(start_fast):
-    ep = await start_fast()
+async def test_a_response_before_the_whole_request_body_says_connection_close(start_endpoint):
+    ep = await start_endpoint()
     reader, writer = await connect(ep)
     writer.write(b"GET /status/200 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
     status, headers, _ = await read_response(reader)  # the worker answers without reading the body
@@ -116,46 +114,8 @@ async def test_a_response_before_the_whole_request_body_says_connection_close(st
     assert status.startswith(b"HTTP/1.1 200") and headers["connection"] == "close"
 
 
-class _Transport:
-    """Just enough of a transport to drive a real ClientConnection in-process."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def writelines(self, parts: list[bytes]) -> None:
-        self.out += b"".join(parts)
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 1) if name in ("peername", "sockname") else default
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-
-class _Server:
-    """The shared state a ClientConnection reads; a configured key answers every request 401 (no worker)."""
-
-    keys = ApiKeys(("k-0123456789",))
-    drop_authorization = True
-    max_body = 1 << 20
-    closing = False
-
-    def __init__(self) -> None:
-        self.connections: set[ClientConnection] = set()
-        self.metrics = self
-
-    def observe_request(self, status: int, seconds: float) -> None: ...
-    def forget(self, conn: ClientConnection) -> None: ...
-    def check_drained(self) -> None: ...
-
-
 async def test_trailer_fields_are_not_a_new_head_so_the_idle_keepalive_deadline_is_armed():
-    conn = ClientConnection(_Server())  # type: ignore[arg-type]
-    transport = _Transport()
-    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn, transport, _ = connection(auth={"api_keys": ["k-0123456789"]})  # every request: 401, no worker
     conn.data_received(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                        b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n")
     assert transport.out.startswith(b"HTTP/1.1 401") and not conn.queue
@@ -220,12 +180,12 @@ RAW_WORKER = textwrap.dedent(r'''
 
 
 @pytest.fixture
-def start_raw(start_fast, tmp_path):
+def start_raw(start_endpoint, tmp_path):
     script = tmp_path / "raw_worker.py"
     script.write_text(RAW_WORKER)
 
     async def start(**overrides: Any) -> Endpoint:
-        ep: Endpoint = await start_fast(worker={"command": [sys.executable, str(script)],
+        ep: Endpoint = await start_endpoint(worker={"command": [sys.executable, str(script)],
                                                 "env": {"RAW_DIR": str(tmp_path)}},
                                         workers={"active": 1, "max": 1}, **overrides)
         await ready_worker(ep)
@@ -263,13 +223,20 @@ async def test_an_idempotent_request_lost_on_a_reused_connection_goes_again_once
     status, _, body = await read_response(reader)  # dropped by the worker on the reused connection, sent again
     assert status.startswith(b"HTTP/1.1 200") and body == b"path=/after", (status, body)
     assert (tmp_path / "dropped").read_text() == "1\n"
-    # A POST is not idempotent: lost the same way, it fails (502), and the worker is not blamed for the race.
+    # Out of rotation while the race was not proven; back by the answer to the resend or by /ping, which the
+    # failure brings forward.
+    assert "sending it again: taken out of rotation" in ep.log()
+    await ep.wait_workers(lambda ws: [w["state"] for w in ws] == ["ready"], "back in rotation", timeout=0.9)
+    # A POST is not idempotent: lost the same way, it fails (502). Nothing proves the race then, so the worker is
+    # out of rotation (a slot it frees must not take a queued request to a dying worker) until its /ping, which
+    # the failure brings forward, answers 200.
     writer.write(b"GET /arm HTTP/1.1\r\nHost: x\r\n\r\nPOST /after HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
     assert (await read_response(reader))[2] == b"armed"
     status, _, body = await read_response(reader)
     writer.close()
     assert status.startswith(b"HTTP/1.1 502") and body_json(body)["error"] == "worker_failed"
-    assert [w["state"] for w in await ep.workers()] == ["ready"]
+    await ep.wait_workers(lambda ws: [w["state"] for w in ws] == ["ready"], "back in rotation by its /ping",
+                          timeout=0.9)  # before the 1 s probe interval: the failure woke the prober
 
 
 async def test_an_idempotent_request_the_worker_worked_on_is_not_sent_again(start_raw, tmp_path):

@@ -10,35 +10,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import select
-from typing import Protocol, cast
+from typing import cast
 
-from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from ..policy import WorkerState
 from ..pool import Worker
-from ..proxy import UPSTREAM_KEEPALIVE
 from .framing import Header
+from .sides import ResponseSink
 
-log = logging.getLogger("lbproxy.fast")
+log = logging.getLogger("lbproxy.proxy")
 
-CONNECT_TIMEOUT = 10.0  # as the aiohttp engine's sock_connect
-# What the response's head says about reading its body (ResponseSink.response_head's answer).
-FRAMED, SKIP_BODY, UNTIL_CLOSE = 0, 1, 2
+CONNECT_TIMEOUT = 10.0
+# Below the 5 s keep-alive timeout of common Python servers (uvicorn, gunicorn), so a pooled connection is
+# dropped by us before the worker closes it under a request we are sending.
+UPSTREAM_KEEPALIVE = 4.0
+# What the response's head says about reading what follows (ResponseSink.response_head's answer): a framed
+# body, none (HEAD), a body until the close, or a WebSocket session (a 101 to a handshake).
+FRAMED, SKIP_BODY, UNTIL_CLOSE, SWITCH = 0, 1, 2, 3
 
 
 class NotSent(Exception):
     """The worker could not be reached: nothing of the request was sent, so another worker may take it."""
-
-
-class ResponseSink(Protocol):
-    """The exchange a connection is serving: it gets the response as llhttp parses it."""
-
-    def response_head(self, status: int, reason: bytes, headers: list[Header], keep_alive: bool) -> int: ...
-    def response_body(self, data: bytes) -> None: ...
-    def response_complete(self, reusable: bool) -> None: ...
-    def response_flush(self) -> None: ...
-    def upstream_failed(self, exc: BaseException) -> None: ...
-    def upstream_writable(self, writable: bool) -> None: ...
 
 
 class _SkipBody(Exception):
@@ -62,7 +55,8 @@ class Endpoint:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("closed", "endpoint", "headers", "idle_since", "informational", "keep_alive", "parser",
-                 "reading_paused", "reason", "reused", "sink", "transport", "until_close", "writing_paused")
+                 "reading_paused", "reason", "reused", "sink", "transport", "tunnelling", "until_close",
+                 "writing_paused")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -79,6 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.writing_paused = False
         self.reading_paused = False
+        self.tunnelling = False  # after a 101: bytes go to the sink unparsed
 
     # -- asyncio ---------------------------------------------------------------------------------
 
@@ -86,11 +81,24 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.sink is None:  # an idle pooled connection has nothing to say: whatever it is, do not reuse it
+        sink = self.sink
+        if sink is None:  # an idle pooled connection has nothing to say: whatever it is, do not reuse it
             self.close()
+            return
+        if self.tunnelling:
+            sink.from_worker(data)
             return
         try:
             self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            if not self.tunnelling:  # a 101 the exchange did not ask for (only handshakes may switch)
+                self._fail(ValueError("the worker switched protocols without a WebSocket handshake"))
+                return
+            self.parser = cast(HttpResponseParser, None)  # never parsed again: free it
+            rest = data[int(exc.args[0]):]
+            if rest and self.sink is not None:
+                self.sink.from_worker(rest)
+            return
         except HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _SkipBody):
@@ -104,7 +112,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             log.error("bug while reading a worker's response", exc_info=cause)
             self._fail(cause or exc)
-        except HttpParserError as exc:  # includes an unexpected 101 (lbproxy never asks workers to upgrade here)
+        except HttpParserError as exc:
             self._fail(ValueError(f"invalid response from the worker: {exc}"))
         else:
             sink = self.sink
@@ -120,7 +128,9 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is None:
             return
         self.sink = None
-        if exc is None and self.until_close:  # the response ends with the connection (HTTP/1.0 style)
+        if self.tunnelling:
+            sink.worker_closed()
+        elif exc is None and self.until_close:  # the response ends with the connection (HTTP/1.0 style)
             sink.response_complete(False)
         else:
             sink.upstream_failed(exc or ConnectionResetError("the worker closed the connection"))
@@ -151,7 +161,7 @@ class UpstreamConnection(asyncio.Protocol):
         headers, reason = self.headers, self.reason
         self.headers, self.reason = [], b""  # for the next message (no on_message_begin: one callback less)
         status = self.parser.get_status_code()
-        if status < 200:  # 100 Continue, 103 Early Hints: not forwarded (as the aiohttp engine)
+        if status < 200 and status != 101:  # 100 Continue, 103 Early Hints: not forwarded
             self.informational = True
             return
         self.keep_alive = self.parser.should_keep_alive()
@@ -160,6 +170,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         framing = sink.response_head(status, reason, headers, self.keep_alive)
         self.until_close = framing == UNTIL_CLOSE
+        self.tunnelling = framing == SWITCH
         if framing == SKIP_BODY:
             raise _SkipBody
 
@@ -170,6 +181,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.informational:
             self.informational = False
+            return
+        if self.tunnelling:  # llhttp ends a 101's message before the switch: the session only begins
             return
         sink = self.sink
         if sink is not None:

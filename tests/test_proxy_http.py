@@ -1,4 +1,4 @@
-"""The fast engine (LBPROXY_ENGINE=fast) over raw sockets: what only a protocol-level HTTP/1.1 path can get wrong.
+"""The request path over raw sockets: what only a protocol-level HTTP/1.1 path can get wrong.
 
 Framing (pipelining, chunked both ways, 100-continue, bodiless responses, HTTP/1.0), abuse (smuggling
 attempts, oversized heads, slowloris), back-pressure and slot accounting, upstream keep-alive.
@@ -72,8 +72,8 @@ def body_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-async def test_pipelined_requests_are_answered_in_order(start_fast):
-    ep = await start_fast(workers={"active": 1, "max": 1})
+async def test_pipelined_requests_are_answered_in_order(start_endpoint):
+    ep = await start_endpoint(workers={"active": 1, "max": 1})
     await ready_worker(ep)
     reader, writer = await connect(ep)
     writer.write(b"GET /sleep?s=0.3 HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -91,8 +91,8 @@ async def test_pipelined_requests_are_answered_in_order(start_fast):
     writer.close()
 
 
-async def test_chunked_request_body_reaches_the_worker_byte_exact(start_fast):
-    ep = await start_fast()
+async def test_chunked_request_body_reaches_the_worker_byte_exact(start_endpoint):
+    ep = await start_endpoint()
     payload = b"0\r\n\r\nGET / HTTP/1.1\r\n" + bytes(range(256)) * 40  # framing look-alikes inside the body
     pieces = [payload[:1], payload[1:4000], payload[4000:4001], payload[4001:]]
     reader, writer = await connect(ep)
@@ -109,8 +109,8 @@ async def test_chunked_request_body_reaches_the_worker_byte_exact(start_fast):
     writer.close()
 
 
-async def test_chunked_response_reaches_the_client_byte_exact(start_fast):
-    ep = await start_fast()
+async def test_chunked_response_reaches_the_client_byte_exact(start_endpoint):
+    ep = await start_endpoint()
     reader, writer = await connect(ep)
     writer.write(b"GET /stream?n=40&size=3000&interval=0 HTTP/1.1\r\nHost: x\r\n\r\n")
     status, headers, body = await read_response(reader)
@@ -123,8 +123,8 @@ async def test_chunked_response_reaches_the_client_byte_exact(start_fast):
     writer.close()
 
 
-async def test_http10_client_gets_an_unframed_body_and_a_close(start_fast):
-    ep = await start_fast()
+async def test_http10_client_gets_an_unframed_body_and_a_close(start_endpoint):
+    ep = await start_endpoint()
     reader, writer = await connect(ep)
     writer.write(b"GET /stream?n=3&interval=0 HTTP/1.0\r\n\r\n")
     status, headers, body = await read_response(reader)
@@ -133,8 +133,8 @@ async def test_http10_client_gets_an_unframed_body_and_a_close(start_fast):
     writer.close()
 
 
-async def test_expect_100_continue_is_answered_before_the_body(start_fast):
-    ep = await start_fast(limits={"max_body_size": "1KB"})
+async def test_expect_100_continue_is_answered_before_the_body(start_endpoint):
+    ep = await start_endpoint(limits={"max_body_size": "1KB"})
     reader, writer = await connect(ep)
     writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
     assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15) == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -150,8 +150,8 @@ async def test_expect_100_continue_is_answered_before_the_body(start_fast):
     writer.close()
 
 
-async def test_head_204_and_304_responses_have_no_body(start_fast):
-    ep = await start_fast()
+async def test_head_204_and_304_responses_have_no_body(start_endpoint):
+    ep = await start_endpoint()
     reader, writer = await connect(ep)
     writer.write(b"HEAD /bytes?n=100000 HTTP/1.1\r\nHost: x\r\n\r\n")
     _, headers, _ = await read_response(reader, "HEAD")
@@ -169,9 +169,9 @@ async def test_head_204_and_304_responses_have_no_body(start_fast):
     writer.close()
 
 
-async def test_lbproxy_errors_to_head_requests_have_no_body(start_fast):
+async def test_lbproxy_errors_to_head_requests_have_no_body(start_endpoint):
     """A 401 to HEAD carries Content-Length but no body: a body would be read as the next response."""
-    ep = await start_fast(auth={"api_keys": ["k-0123456789abcdef"]})
+    ep = await start_endpoint(auth={"api_keys": ["k-0123456789abcdef"]})
     reader, writer = await connect(ep)
     writer.write(b"HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\nGET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
     status, headers, _ = await read_response(reader, "HEAD")
@@ -191,8 +191,8 @@ async def test_lbproxy_errors_to_head_requests_have_no_body(start_fast):
     b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Fold: a\r\n b\r\n\r\n",
 ], ids=["cl-then-te", "te-then-cl", "duplicate-cl", "cl-list", "te-not-only-chunked", "space-before-colon",
         "obs-fold"])
-async def test_ambiguous_framing_gets_400_and_never_reaches_the_worker(start_fast, head):
-    ep = await start_fast(workers={"active": 1, "max": 1})
+async def test_ambiguous_framing_gets_400_and_never_reaches_the_worker(start_endpoint, head):
+    ep = await start_endpoint(workers={"active": 1, "max": 1})
     w = await ready_worker(ep)
     before = (await worker_stats(w))["requests"]
     reader, writer = await connect(ep)
@@ -205,8 +205,8 @@ async def test_ambiguous_framing_gets_400_and_never_reaches_the_worker(start_fas
     assert (await worker_stats(w))["requests"] == before
 
 
-async def test_connection_cannot_name_the_framing_headers_away(start_fast):
-    ep = await start_fast()
+async def test_connection_cannot_name_the_framing_headers_away(start_endpoint):
+    ep = await start_endpoint()
     reader, writer = await connect(ep)
     writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\nhello"
                  b"GET /echo/next HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -217,8 +217,8 @@ async def test_connection_cannot_name_the_framing_headers_away(start_fast):
 
 @pytest.mark.parametrize("headers", [b"X-Big: " + b"a" * 70000 + b"\r\n",
                                      b"".join(b"X-H%d: v\r\n" % i for i in range(200))], ids=["large", "many"])
-async def test_oversized_request_head_gets_431(start_fast, headers):
-    ep = await start_fast()
+async def test_oversized_request_head_gets_431(start_endpoint, headers):
+    ep = await start_endpoint()
     reader, writer = await connect(ep)
     writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
     status, _, body = await read_response(reader)
@@ -228,8 +228,8 @@ async def test_oversized_request_head_gets_431(start_fast, headers):
 
 
 @pytest.mark.slow
-async def test_slowloris_is_cut_off_while_other_clients_are_served(start_fast, client):
-    ep = await start_fast(workers={"active": 1, "max": 1})
+async def test_slowloris_is_cut_off_while_other_clients_are_served(start_endpoint, client):
+    ep = await start_endpoint(workers={"active": 1, "max": 1})
     await ready_worker(ep)
     reader, writer = await connect(ep)
     started = time.monotonic()
@@ -260,8 +260,8 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def test_slow_reader_of_a_large_response_is_not_buffered(start_fast, client):
-    ep = await start_fast(workers={"active": 1, "max": 1})
+async def test_slow_reader_of_a_large_response_is_not_buffered(start_endpoint, client):
+    ep = await start_endpoint(workers={"active": 1, "max": 1})
     w = await ready_worker(ep)
     assert (await client.get(ep.url + "/bytes?n=1000000")).status_code == 200  # warm: pools, buffers
     before = rss_kib(ep.proc.pid)
@@ -277,8 +277,8 @@ async def test_slow_reader_of_a_large_response_is_not_buffered(start_fast, clien
     await ep.wait_workers(lambda ws: ws[0]["in_flight"] == 0, "the slow reader's slot to be freed")
 
 
-async def test_client_disconnect_mid_stream_frees_the_slot_and_the_worker(start_fast):
-    ep = await start_fast(workers={"active": 1, "max": 1})
+async def test_client_disconnect_mid_stream_frees_the_slot_and_the_worker(start_endpoint):
+    ep = await start_endpoint(workers={"active": 1, "max": 1})
     w = await ready_worker(ep)
     reader, writer = await connect(ep)
     writer.write(b"GET /stream?n=1000&interval=0.05 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -291,15 +291,15 @@ async def test_client_disconnect_mid_stream_frees_the_slot_and_the_worker(start_
     await until(lambda: _inflight(w, 0), 5, "the worker to see its request end")
 
 
-async def test_client_closing_before_the_response_cancels_the_worker_request(start_fast):
-    ep = await start_fast(workers={"active": 1, "max": 1}, worker={"port": 8000, "health_port": 8001})
+async def test_client_closing_before_the_response_cancels_the_worker_request(start_endpoint):
+    ep = await start_endpoint(workers={"active": 1, "max": 1}, worker={"port": 8000, "health_port": 8001})
     w = await ready_worker(ep)
     port = int(w["address"].rsplit(":", 1)[1])
     _, writer = await connect(ep)
     writer.write(b"GET /sleep?s=30 HTTP/1.1\r\nHost: x\r\n\r\n")
     await until(lambda: _inflight(w, 1), 5, "the request to reach the worker")
     assert len(established_peers(port)) == 1
-    writer.close()  # a FIN: the client is gone (as for the aiohttp engine and nginx), the request is dropped
+    writer.close()  # a FIN: the client is gone (as for nginx), the request is dropped
     await ep.wait_workers(lambda ws: ws[0]["in_flight"] == 0, "the slot to be freed", timeout=5)
     # lbproxy closed its worker connection (the echo worker, an aiohttp app, lets its handler run on).
     await until(lambda: not established_peers(port), 5, "lbproxy to close the worker connection")
@@ -309,8 +309,8 @@ async def _inflight(w: dict[str, Any], n: int) -> bool:
     return bool((await worker_stats(w))["inflight"] == n)
 
 
-async def test_client_disconnect_while_queued_leaves_the_queue(start_fast, client):
-    ep = await start_fast(workers={"active": 1, "max": 1, "concurrency": 1})
+async def test_client_disconnect_while_queued_leaves_the_queue(start_endpoint, client):
+    ep = await start_endpoint(workers={"active": 1, "max": 1, "concurrency": 1})
     await ready_worker(ep)
     busy = asyncio.create_task(client.get(ep.url + "/sleep?s=2"))
     await ep.wait_workers(lambda ws: ws[0]["in_flight"] == 1, "the slot taken")
@@ -340,9 +340,9 @@ def established_peers(port: int) -> set[int]:
     return peers
 
 
-async def test_worker_connections_are_kept_alive_and_reused(start_fast, client):
+async def test_worker_connections_are_kept_alive_and_reused(start_endpoint, client):
     # A separate health port, so that the only connections to the app port are lbproxy's requests.
-    ep = await start_fast(workers={"active": 1, "max": 1}, worker={"port": 8000, "health_port": 8001})
+    ep = await start_endpoint(workers={"active": 1, "max": 1}, worker={"port": 8000, "health_port": 8001})
     w = await ready_worker(ep)
     port = int(w["address"].rsplit(":", 1)[1])
     seen: set[int] = set()
@@ -354,8 +354,8 @@ async def test_worker_connections_are_kept_alive_and_reused(start_fast, client):
     assert (await worker_stats(w))["requests"] == 20
 
 
-async def test_a_flood_of_pipelined_requests_is_answered_in_part_then_closed(start_fast):
-    ep = await start_fast()
+async def test_a_flood_of_pipelined_requests_is_answered_in_part_then_closed(start_endpoint):
+    ep = await start_endpoint()
     reader, writer = await connect(ep)
     writer.write(b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(300)))
     answered = 0
@@ -371,8 +371,8 @@ async def test_a_flood_of_pipelined_requests_is_answered_in_part_then_closed(sta
 
 
 @pytest.mark.slow
-async def test_execution_timeout_mid_response_cuts_the_connection(start_fast):
-    ep = await start_fast(workers={"active": 1, "max": 1}, timeouts={"execution": "5s"})
+async def test_execution_timeout_mid_response_cuts_the_connection(start_endpoint):
+    ep = await start_endpoint(workers={"active": 1, "max": 1}, timeouts={"execution": "5s"})
     w = await ready_worker(ep)
     reader, writer = await connect(ep)
     writer.write(b"GET /stream?n=200&interval=0.1 HTTP/1.1\r\nHost: x\r\n\r\n")  # 20 s of chunks
@@ -385,14 +385,14 @@ async def test_execution_timeout_mid_response_cuts_the_connection(start_fast):
     await until(lambda: _inflight(w, 0), 5, "the worker to see its request end")
 
 
-async def test_websocket_handshake_after_a_pipelined_request_is_handed_to_aiohttp(start_fast):
-    ep = await start_fast(auth={"api_keys": ["k-ws"]})
+async def test_websocket_handshake_after_a_pipelined_request_is_tunnelled_with_the_frames_behind_it(start_endpoint):
+    ep = await start_endpoint(auth={"api_keys": ["k-ws"]})
     reader, writer = await connect(ep)
     handshake = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
                  b"Authorization: Bearer k-ws\r\n\r\n")
     # A plain request, then the handshake with a frame right behind it (before the 101: the raw bytes that
-    # follow the handshake must reach aiohttp too).
+    # follow the handshake must reach the worker after its 101).
     writer.write(b"GET /echo/first HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k-ws\r\n\r\n"
                  + handshake + ws_text_frame("whoami"))
     status, headers, body = await read_response(reader)
@@ -407,7 +407,7 @@ async def test_websocket_handshake_after_a_pipelined_request_is_handed_to_aiohtt
     assert await asyncio.wait_for(reader.readexactly(7), 10) == b"\x81\x05hello"
     writer.close()
     await ep.wait_workers(lambda ws: ws[0]["in_flight"] == 0, "the WebSocket slot to be released")
-    # Auth applies to handshakes on the fast engine too (aiohttp's Proxy.handle answers it).
+    # Auth applies to handshakes as to any request.
     reader, writer = await connect(ep)
     writer.write(handshake.replace(b"Authorization: Bearer k-ws\r\n", b""))
     status, _, body = await read_response(reader)

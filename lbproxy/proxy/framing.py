@@ -1,20 +1,19 @@
-"""HTTP/1.1 framing on raw bytes for the fast path: the header rules of ``lbproxy/headers.py``, heads, errors.
+"""HTTP/1.1 framing on raw bytes: the header rules (hop-by-hop, X-Forwarded-*, request ids) and heads.
 
 Pure functions: no I/O, no asyncio. Header names are compared lowercased; values pass through byte for byte.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from email.utils import formatdate
-from http import HTTPStatus
 
-from ..errors import ProxyError
-from ..headers import HOP_BY_HOP as _HOP_BY_HOP
-
-HOP_BY_HOP: frozenset[bytes] = frozenset(str(h).lower().encode() for h in _HOP_BY_HOP)
+# RFC 9110 7.6.1 plus the de-facto ones (Keep-Alive, Proxy-Connection): never forwarded.
+HOP_BY_HOP: frozenset[bytes] = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"proxy-connection", b"te",
+    b"trailer", b"transfer-encoding", b"upgrade",
+})
 # Never dropped because ``Connection`` names them: the body is framed by them, and dropping one while the
 # body passes through unchanged would let a client desynchronise the worker connection (request smuggling).
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
@@ -41,14 +40,9 @@ _request_kind: dict[bytes, int] = {}
 _response_kind: dict[bytes, int] = {}
 
 NO_BODY_STATUSES = frozenset({204, 304, *range(100, 200)})
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-# Errors only a protocol-level path answers (the aiohttp engine's are aiohttp's own, in plain text).
-MALFORMED = ProxyError(400, "bad_request", "the request is not valid HTTP/1.1: {detail}")
-HEAD_TOO_LARGE = ProxyError(431, "headers_too_large", "the request head is larger than {limit} bytes")
-EXPECTATION_FAILED = ProxyError(417, "expectation_failed", "only 'Expect: 100-continue' is supported")
 
 Header = tuple[bytes, bytes]
 
@@ -174,8 +168,9 @@ def _new_request_id() -> bytes:
     return _random[at:at + 16].hex().encode()
 
 
-def upstream_tail(info: RequestInfo, *, peer: bytes, host: bytes, rid: bytes) -> bytes:
-    """The worker-bound head after its Host line: forwarded headers, X-Forwarded-*, X-Request-Id, framing."""
+def upstream_tail(info: RequestInfo, *, peer: bytes, host: bytes, rid: bytes, upgrade: bool = False) -> bytes:
+    """The worker-bound head after its Host line: forwarded headers, X-Forwarded-*, X-Request-Id, framing; for
+    a WebSocket handshake (``upgrade``) the upgrade it asks for (Sec-WebSocket-* go as they are: end to end)."""
     parts = info.parts
     prior = info.xff
     if peer:
@@ -188,16 +183,27 @@ def upstream_tail(info: RequestInfo, *, peer: bytes, host: bytes, rid: bytes) ->
     parts += (b"X-Request-Id: ", rid, CRLF)
     if info.chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
+    if upgrade:
+        parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
     parts.append(CRLF)
     return b"".join(parts)
 
 
-def websocket_head(method: bytes, url: bytes, version: bytes, headers: list[Header]) -> bytes:
-    """The request head again, as received (names, values and order), for aiohttp to parse."""
-    parts = [method, b" ", url, b" HTTP/", version, CRLF]
+def switching_head(reason: bytes, headers: list[Header], *, worker_id: bytes, rid: bytes) -> bytes:
+    """The client-bound head of a worker's 101 to a WebSocket handshake: its headers less hop-by-hop ones (the
+    Sec-WebSocket-* answers stay: end to end), the upgrade, the ids."""
+    parts = [status_line(False, 101, reason or b"Switching Protocols")]
+    named: set[bytes] | None = None
     for name, value in headers:
-        parts += (name, b": ", value, CRLF)
-    parts.append(CRLF)
+        lower = name.lower()
+        if lower == b"connection":
+            named = _named(value, named)
+        elif lower not in HOP_BY_HOP and lower not in (b"x-lbproxy-worker-id", b"x-request-id"):
+            parts += (name, b": ", value, CRLF)
+    if named is not None:
+        parts[1:] = _without_named(parts[1:], named)
+    parts += (b"Upgrade: websocket\r\nConnection: Upgrade\r\nX-Lbproxy-Worker-Id: ", worker_id,
+              b"\r\nX-Request-Id: ", rid, CRLF, CRLF)
     return b"".join(parts)
 
 
@@ -292,29 +298,6 @@ def status_line(http10: bool, status: int, reason: bytes) -> bytes:
 def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
     """One chunk of a chunked body (``data`` is never empty: an empty chunk ends the body)."""
     return b"%x\r\n" % len(data), data, CRLF
-
-
-def error_response(
-    err: ProxyError, *, http10: bool, close: bool, headers: tuple[Header, ...] = (), head_request: bool = False,
-    **details: object
-) -> bytes:
-    """One of lbproxy's JSON errors (``errors.error_response``), as bytes on the wire; the answer to a HEAD
-    request has the same head and no body (RFC 9110 9.3.2)."""
-    message = err.message.format(**details) if details else err.message
-    body = json.dumps({"error": err.code, "message": message}).encode()
-    parts = [status_line(http10, err.status, _REASONS.get(err.status, b"")), b"Content-Type: application/json\r\n"]
-    for name, value in headers:
-        parts += (name, b": ", value, CRLF)
-    parts += (b"Content-Length: %d\r\nDate: " % len(body), http_date(), CRLF)
-    if close:
-        if not http10:
-            parts.append(b"Connection: close\r\n")
-    elif http10:
-        parts.append(b"Connection: keep-alive\r\n")
-    parts.append(CRLF)
-    if not head_request:
-        parts.append(body)
-    return b"".join(parts)
 
 
 _date_second = 0

@@ -1,22 +1,17 @@
-"""The fast engine's header rules on raw bytes agree with ``lbproxy/headers.py`` (the aiohttp engine's rules).
-
-Pure functions, no sockets: hypothesis generates header lists, ``headers.py`` is the oracle.
+"""The header rules on raw bytes (lbproxy.proxy.framing), against a reference model of RFC 9110 7.6.1 written
+here from the rules in the README ("Proxy behaviour"). Pure functions, no sockets: hypothesis makes the heads.
 """
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
 
-from lbproxy.fast import framing
-from lbproxy.headers import downstream_response_headers, upstream_request_headers
+from lbproxy.proxy import framing
 
-# Names lbproxy treats specially, and ordinary ones. The special ones in their canonical spelling only: headers.py
-# misses other spellings (see test_hop_by_hop_headers_are_dropped_in_any_spelling).
 SPECIAL = ["Connection", "Keep-Alive", "TE", "Trailer", "Upgrade", "Proxy-Authorization", "Proxy-Connection",
            "Transfer-Encoding", "X-Request-Id", "X-Lbproxy-Worker-Id", "Authorization", "Expect", "Host",
-           "X-Forwarded-For", "Date", "Content-Type"]
+           "X-Forwarded-For", "Date", "Content-Type", "keep-alive", "UPGRADE", "x-request-id"]
 ORDINARY = ["X-Custom", "x-custom", "Accept", "X-Hop", "x-hop", "Cache-Control", "ETag", "Server"]
 names = st.sampled_from(SPECIAL + ORDINARY)
 values = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12)
@@ -25,13 +20,31 @@ connection_values = st.lists(st.sampled_from(["keep-alive", "close", "X-Hop", "x
 header_lists = st.lists(st.one_of(st.tuples(names, values), st.tuples(st.just("Connection"), connection_values)),
                         max_size=12)
 
+# The reference model.
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+              "trailer", "transfer-encoding", "upgrade"}
+
+
+def named_by_connection(headers: list[tuple[str, str]]) -> set[str]:
+    """Headers a Connection value names are hop-by-hop too, except the framing ones (never dropped)."""
+    tokens = {t.strip().lower() for n, v in headers if n.lower() == "connection" for t in v.split(",")}
+    return tokens - {"content-length", "transfer-encoding"}
+
+
+def forwarded_response(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    drop = HOP_BY_HOP | named_by_connection(headers) | {"x-request-id", "x-lbproxy-worker-id"}
+    return [(n, v) for n, v in headers if n.lower() not in drop]
+
+
+def forwarded_request(headers: list[tuple[str, str]], drop_authorization: bool) -> list[tuple[str, str]]:
+    drop = HOP_BY_HOP | named_by_connection(headers) | {"host", "expect", "x-forwarded-for", "x-request-id"}
+    if drop_authorization:
+        drop.add("authorization")
+    return [(n, v) for n, v in headers if n.lower() not in drop]
+
 
 def as_bytes(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(n.encode(), v.encode()) for n, v in headers]
-
-
-def as_proxy(headers: list[tuple[str, str]]) -> CIMultiDictProxy[str]:
-    return CIMultiDictProxy(CIMultiDict(headers))
 
 
 def head_lines(head: bytes) -> list[tuple[str, str]]:
@@ -40,30 +53,54 @@ def head_lines(head: bytes) -> list[tuple[str, str]]:
 
 
 @given(header_lists)
-def test_response_headers_follow_the_rules_of_headers_py(headers):
+def test_response_headers_follow_the_hop_by_hop_rules(headers):
     head, mode, keep, _ = framing.response_head(200, b"OK", as_bytes(headers), head_request=False, http10=False,
                                                 keep_alive=True, worker_id=b"w-1", rid=b"r-1")
-    expected = list(downstream_response_headers(as_proxy(headers), "w-1", "r-1").items())
     got = head_lines(head)
-    # lbproxy adds framing and, like aiohttp's response, a Date and a Content-Type when the worker sent none;
-    # the ids come last (headers.py replaces a worker's X-Request-Id where it stood).
+    # lbproxy adds framing and, when the worker sent none, a Date and a Content-Type; the ids come last.
     added = {"transfer-encoding", "connection", "date", "content-type", "x-request-id", "x-lbproxy-worker-id"}
-    assert [h for h in got if h[0].lower() not in added] == [h for h in expected if h[0].lower() not in added]
+    assert [h for h in got if h[0].lower() not in added] == [h for h in forwarded_response(headers)
+                                                             if h[0].lower() not in added]
     ids = [(n.lower(), v) for n, v in got if n.lower() in ("x-request-id", "x-lbproxy-worker-id")]
     assert sorted(ids) == [("x-lbproxy-worker-id", "w-1"), ("x-request-id", "r-1")]
     assert mode == framing.CHUNKED and keep  # no Content-Length: re-chunked for an HTTP/1.1 client
 
 
 @given(header_lists)
-def test_request_headers_follow_the_rules_of_headers_py(headers):
+def test_request_headers_follow_the_hop_by_hop_rules_and_get_forwarded_ones(headers):
     info = framing.scan_request(as_bytes(headers), drop_authorization=True)
     rid = framing.request_id(info.rid)
     host = info.host or b"proxy:8080"
-    tail = framing.upstream_tail(info, peer=b"10.0.0.9", host=host, rid=rid)
-    got = head_lines(b"GET / HTTP/1.1\r\n" + tail)
-    expected = upstream_request_headers(as_proxy(headers), peer="10.0.0.9", scheme="http", host=host.decode(),
-                                        rid=rid.decode(), drop_authorization=True)
-    assert sorted((n.lower(), v) for n, v in got) == sorted((n.lower(), v) for n, v in expected.items())
+    got = head_lines(b"GET / HTTP/1.1\r\n" + framing.upstream_tail(info, peer=b"10.0.0.9", host=host, rid=rid))
+    prior = ", ".join(v for n, v in headers if n.lower() == "x-forwarded-for")
+    expected = [*forwarded_request(headers, drop_authorization=True),
+                ("X-Forwarded-For", f"{prior}, 10.0.0.9" if prior else "10.0.0.9"), ("X-Forwarded-Proto", "http"),
+                ("X-Forwarded-Host", host.decode()), ("X-Request-Id", rid.decode())]
+    assert sorted((n.lower(), v) for n, v in got) == sorted((n.lower(), v) for n, v in expected)
+
+
+def test_a_websocket_handshake_asks_the_worker_for_the_upgrade_and_keeps_its_sec_headers():
+    headers = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-WebSocket-Key", b"k"),
+               (b"Sec-WebSocket-Protocol", b"chat"), (b"Sec-WebSocket-Extensions", b"permessage-deflate")]
+    info = framing.scan_request(headers, drop_authorization=False)
+    assert info.websocket
+    got = head_lines(b"GET / HTTP/1.1\r\n" + framing.upstream_tail(info, peer=b"", host=b"h", rid=b"r",
+                                                                    upgrade=True))
+    assert ("Connection", "Upgrade") in got and ("Upgrade", "websocket") in got
+    for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions"):
+        assert name in {n for n, _ in got}
+
+
+def test_the_switching_head_keeps_the_workers_answers_and_names_the_upgrade():
+    head = framing.switching_head(b"Switching Protocols", [
+        (b"Upgrade", b"websocket"), (b"Connection", b"upgrade, X-Hop"), (b"X-Hop", b"1"),
+        (b"Sec-WebSocket-Accept", b"a"), (b"Sec-WebSocket-Extensions", b"permessage-deflate")],
+        worker_id=b"w", rid=b"r")
+    lines = head_lines(head)
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n") and head.endswith(b"\r\n\r\n")
+    assert ("Sec-WebSocket-Accept", "a") in lines and ("Sec-WebSocket-Extensions", "permessage-deflate") in lines
+    assert ("X-Hop", "1") not in lines  # named by Connection: hop-by-hop
+    assert [n for n, _ in lines].count("Upgrade") == 1 and ("X-Lbproxy-Worker-Id", "w") in lines
 
 
 def test_connection_cannot_name_the_framing_headers_away():
