@@ -59,7 +59,7 @@ async def test_every_answer_of_lbproxys_own_has_a_request_id(start_endpoint, cli
     writer.write(b"GET http://elsewhere/ HTTP/1.1\r\nHost: x\r\n" + b"Authorization: Bearer k-1234567890\r\n\r\n"
                  + b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 70_000 + b"\r\n\r\n")
     for status in (400, 431):
-        line, headers, body = await read_response(reader)
+        line, headers, _ = await read_response(reader)
         assert line.startswith(b"HTTP/1.1 %d" % status), line
         assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"]), headers
     writer.close()
