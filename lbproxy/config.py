@@ -126,12 +126,12 @@ class TimeoutsSettings(_Settings):
     idle: _Duration = 5.0
     """A ready worker idle this long is drained and stopped (never below `workers.active`)."""
     execution: _ExecutionLimit = 600.0
-    """Most time one request (or WebSocket session) may take, 5 s to 7 days; then 504 (a WebSocket is closed
-    with code 1011). `0` or `off` disables it (stored as None)."""
+    """Most time one request (or WebSocket session) may take, 5s to 7d; then 504 (a WebSocket is closed with
+    code 1011). `0` or `off` disables it."""
     wait: _PositiveDuration = 120.0
     """Most time a request waits in the queue for a free worker; then 503 `no_worker` with `Retry-After`."""
     ttl: Annotated[float, _duration(10.0)] = 86400.0
-    """Queue endpoints only: most time a job may live from submission (at least 10 s)."""
+    """Queue endpoints only: most time a job may live from submission (at least 10s)."""
     init: _PositiveDuration = 420.0
     """A worker not ready this long after it started is stopped and replaced: allow its whole model load."""
     shutdown: _Duration = 30.0
@@ -237,7 +237,11 @@ class WorkerSettings(_Settings):
         _Text | None, kubernetes_only("the local backend runs worker.command, not a container image")
     ] = None
     """The container image of one worker; required with the kubernetes backend."""
-    args: Annotated[_ArgvField, kubernetes_only("the local backend runs worker.command; put the arguments there")] = ()
+    args: Annotated[
+        _ArgvField,
+        kubernetes_only("the local backend runs worker.command; put the arguments there"),
+        Field(examples=[["--model", "org/model"]]),  # an empty list is refused: values.yaml shows this instead
+    ] = ()
     """The container's arguments (e.g. vLLM's `--model ...`; a list, or a string split like a shell); the
     image's entrypoint runs them."""
     port: _Port = 80

@@ -186,6 +186,15 @@ def _byte_size(value: object) -> int:
     return size
 
 
+def _format_size(size: int) -> str:
+    """`30MB`, `512KiB`, `1GiB`: the largest unit that divides `size` exactly, as a config would say it."""
+    units = sorted(((factor, name) for name, factor in _SIZE_UNITS.items() if factor > 1), reverse=True)
+    for factor, name in units:
+        if size % factor == 0:
+            return f"{size // factor}{name[0].upper()}{name[1:-1]}B"
+    return str(size)
+
+
 def _duration(minimum: float = 0.0, *, above: bool = False) -> Any:
     """A validator for durations of at least `minimum` (or strictly above it), at most a year."""
 

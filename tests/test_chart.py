@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from lbproxy import __version__
 from lbproxy.checks import backend_problems
 from lbproxy.config import Config, ConfigError, load_config, parse_config
+from lbproxy.config_fields import settings
 from lbproxy.kube import manifests
 from lbproxy.metrics import Metrics
 
@@ -326,6 +327,47 @@ def test_schema_names_exactly_the_config_models_settings():
     assert set(schema["properties"]["type"]["enum"]) <= set(model["type"].__args__)
 
 
+def uncommented_values() -> dict[str, Any]:
+    """values.yaml with every lbproxy key written out, as a user uncommenting its lines would."""
+    text = (CHART / "values.yaml").read_text()
+    region = text.split("BEGIN generated: config", 1)[1].split("\n", 1)[1].split("# END generated: config", 1)[0]
+    data: dict[str, Any] = yaml.safe_load(re.sub(r"^(\s*)# (?=\s*(?:[a-z_]+:|- ))", r"\1", region, flags=re.M))
+    return data
+
+
+def dotted(data: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in data.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict) and value and prefix + key != "gpu.catalog":
+            keys |= dotted(value, f"{prefix}{key}.")
+    return keys
+
+
+def test_values_yaml_shows_every_chart_key_and_each_default_is_lbproxys():
+    """Uncommenting every line of values.yaml's lbproxy part installs, and gives lbproxy its own defaults."""
+    written = uncommented_values()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    cluster_keys = {s.key for s in settings(Config) if s.backend != "local" and s.key not in ("backend.kubeconfig",
+                                                                                              "backend.proxy_selector")}
+    assert dotted(written) == {k for k in cluster_keys if "." not in k or k.rpartition(".")[0] in cluster_keys}
+    docs = [d for d in yaml.safe_load_all(install_dry_run(written)["manifest"]) if d]
+    config = parse_config(rendered_config(docs), environ={})
+    assert backend_problems(config) == []
+    fragment = json.loads((CHART / "values.chart.json").read_text())
+    defaults = parse_config({"name": RELEASE, "backend": {"type": "kubernetes"}}, environ={})
+    for setting in settings(Config):
+        if setting.section is not None or setting.key not in dotted(written) or setting.key == "backend.type":
+            continue
+        if fragment["values"].get(setting.key, "$default") != "$default" or setting.field.examples:
+            continue  # the chart's own value, or an example where the default cannot be written (worker.args)
+        got, want = config, defaults
+        for part in setting.key.split("."):
+            got, want = getattr(got, part), getattr(want, part)
+        assert got == want, setting.key
+    assert "enum" in schema["properties"]["backend"]["properties"]["type"]
+
+
 # --------------------------------------------------------------------------------------- the schema refuses
 
 BAD_VALUES = [
@@ -351,6 +393,20 @@ BAD_VALUES = [
     ({"backend": {"type": "local"}}, "/backend/type"),
     ({"backend": {"proxy_selector": "app=x"}}, "/backend"),
     ({"backend": {"tolerations": [{"key": "x", "operator": "Maybe"}]}}, "/backend/tolerations/0/operator"),
+    ({"timeouts": {"ttl": 5}}, "/timeouts/ttl"),
+    ({"timeouts": {"execution": 3}}, "/timeouts/execution"),
+    ({"workers": {"concurrency": -1}}, "/workers/concurrency"),
+    ({"limits": {"max_queue": -1}}, "/limits/max_queue"),
+    ({"limits": {"max_body_size": 0}}, "/limits/max_body_size"),
+    ({"auth": {"api_keys": ["two words"]}}, "/auth/api_keys/0"),
+    ({"worker": {"health_path": "ping"}}, "/worker/health_path"),
+    ({"worker": {"args": []}}, "/worker/args"),
+    ({"worker": {"env": {"A": None}}}, "/worker/env/A"),
+    ({"gpu": {"catalog": {"my-gpu": {"memory_gb": 24}}}}, "/gpu/catalog/my-gpu"),
+    ({"gpu": {"catalog": {"My_GPU": {"memory_gb": 24}}}}, "invalid propertyName 'My_GPU'"),
+    ({"gpu": {"catalog": {"80gb": {"memory": 80}}}}, "/gpu/catalog/80gb"),
+    ({"placement": {"network_volume": ""}}, "/placement/network_volume"),
+    ({"backend": {"worker_resources": {"requests": {"cpu": 0.5}}}}, "/backend/worker_resources/requests/cpu"),
     ({"proxy": {"replicas": 0}}, "/proxy/replicas"),
     ({"proxy": {"service": {"type": "Internal"}}}, "/proxy/service/type"),
     ({"proxy": {"logLevel": "verbose"}}, "/proxy/logLevel"),
@@ -394,6 +450,10 @@ GOOD_VALUES = [
     {"worker": {"env": {"A": 1, "B": True, "C": "x"}}},
     {"expose_ports": ["8888/HTTP", "5432/tcp"]},
     {"scaling": {"strategy": "request_count", "requests_per_worker": 2}},
+    {"gpu": {"categories": ["80gb"], "catalog": {"80gb": {"flex_price_per_s": 0.001}}}},
+    {"worker": {"args": "--model org/m --port 8000", "env": {"EMPTY": ""}}},
+    {"backend": {"worker_resources": {"requests": {"cpu": "500m", "memory": "8Gi"}, "limits": {"cpu": 4}}}},
+    {"auth": {"api_keys": []}},
 ]
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from .conftest import ROOT
 
-PURE = ["policy", "routing", "config", "config_values", "config_errors", "config_fields", "durations", "catalog",
-        "checks"]
+PURE = ["policy", "routing", "config", "config_values", "config_errors", "config_fields", "config_docs", "durations",
+        "catalog", "checks"]
 FORBIDDEN = {"aiohttp", "asyncio", "subprocess", "socket", "kubernetes", "httpx", "signal"}
 
 
