@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import ast
 import copy
+import hashlib
 import json
+import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +37,7 @@ from lbproxy import __version__
 from lbproxy.checks import backend_problems
 from lbproxy.config import Config, ConfigError, load_config, parse_config
 from lbproxy.config_fields import settings
+from lbproxy.durations import parse_duration
 from lbproxy.kube import manifests
 from lbproxy.metrics import Metrics
 
@@ -585,6 +589,89 @@ def test_long_pool_names_in_rbac_match_lbproxys_hashed_names(endpoint):
     assert all(len(n) <= 52 for n in scale["resourceNames"])
 
 
+# --------------------------------------------------------------------- the chart's helpers = lbproxy's code
+
+# The chart computes two things lbproxy computes too: the worker Deployments' names (the Role grants exactly
+# those) and seconds from a duration (the pod's termination grace). A probe template renders the real helpers
+# over many inputs in one `helm template`, compared with lbproxy.kube.manifests and lbproxy.durations.
+PROBE = """\
+{{- $inputs := .Files.Get "probe.json" | fromJson -}}
+{{- $seconds := list -}}
+{{- range $inputs.durations }}{{ $seconds = append $seconds (include "lbproxy.seconds" . | int) }}{{ end -}}
+{{- $pools := list -}}
+{{- range $inputs.endpoints -}}
+{{- $root := dict "Values" (dict "name" .name "gpu" (dict "categories" .categories)) "Release" $.Release -}}
+{{- $pools = append $pools (include "lbproxy.workerDeployments" $root | fromJsonArray) -}}
+{{- end -}}
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: probe}
+data:
+  seconds: {{ toJson $seconds | quote }}
+  pools: {{ toJson $pools | quote }}
+"""
+
+PROBE_DURATIONS = [30, "30", "500ms", "5s", " 2M ", "10m", "24h", "7d", "1h30m", "1.5s", ".5s", "5.", "0", 0, 0.2,
+                   2.5, "1d12h", "100ms500ms", "59.999s", "1ms", "365d"]
+PROBE_ENDPOINTS = [
+    ("llama", []),
+    ("llama", ["80gb-pro", "80gb"]),
+    ("a-rather-long-endpoint-name-for-a-model-server", ["141gb-pro", "80gb"]),
+    ("a" * 42 + "-bbbbbbb", ["80gb"]),  # cut at 43 characters ends in '-'
+    ("e" * 42, ["24gb"]),  # 47 characters: kept
+    ("e" * 47, ["24gb"]),  # 52 characters: kept
+    ("e" * 48, ["24gb"]),  # 53 characters: hashed
+    ("n" * 52, []),
+    ("n" * 53, []),  # no category, still too long for pod names: hashed
+    ("x" * 63, ["16gb", "180gb"]),
+]
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    chart = tmp_path_factory.mktemp("probe") / "lbproxy"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "probe.yaml").write_text(PROBE)
+    endpoints = [{"name": name, "categories": categories} for name, categories in PROBE_ENDPOINTS]
+    (chart / "probe.json").write_text(json.dumps({"durations": PROBE_DURATIONS, "endpoints": endpoints}))
+    with helm.Chart.load(chart) as loaded:
+        files = loaded.render(None, name=RELEASE, namespace="default", is_install=True)
+    data: dict[str, str] = yaml.safe_load(files["lbproxy/templates/probe.yaml"])["data"]
+    return {key: json.loads(value) for key, value in data.items()}
+
+
+def test_chart_seconds_are_lbproxys_durations_rounded_up(probed):
+    assert probed["seconds"] == [math.ceil(parse_duration(value)) for value in PROBE_DURATIONS]
+
+
+def test_chart_worker_deployment_names_are_lbproxys_pool_names(probed):
+    expected = [[pool.name for pool in manifests.pools(parse_config(
+        {"name": name, "gpu": {"categories": categories}, "backend": {"type": "kubernetes"}}, environ={}))]
+        for name, categories in PROBE_ENDPOINTS]
+    assert probed["pools"] == expected
+    hashed = hashlib.sha256(("n" * 53).encode()).hexdigest()[:8]
+    assert expected[8] == ["n" * 43 + "-" + hashed]  # the case the chart once got wrong
+
+
+def test_chart_falls_back_to_lbproxys_own_defaults():
+    """Where a template reads a config key the values leave out, it assumes lbproxy's default."""
+    model = parse_config({"name": RELEASE}, environ={})
+    docs = documents({"listen": None, "workers": None})
+    deployment = one(docs, "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    ports = {p["name"]: p["containerPort"] for p in spec["containers"][0]["ports"]}
+    assert ports["http"] == model.listen.port
+    assert spec["terminationGracePeriodSeconds"] == 5 + math.ceil(model.timeouts.shutdown) + 10
+    config = parse_config(rendered_config(docs), environ={})
+    assert "listen" not in rendered_config(docs) and config.listen == model.listen
+    kinds = {d["kind"] for d in docs}
+    assert ("ClusterRole" in kinds) is model.flashboot
+    assert any(r["resources"] == ["leases"] for r in one(docs, "Role", f"{RELEASE}-proxy")["rules"]) is \
+        model.backend.leader_election
+    text = notes({"workers": None})
+    assert f"{model.workers.active} to {model.workers.max} worker(s)" in text
+
+
 # ----------------------------------------------------------------------------- conventions and the proxy pod
 
 
@@ -665,7 +752,8 @@ def test_proxy_deployment_fits_what_lbproxy_does_on_kubernetes(default_docs):
     assert spec["terminationGracePeriodSeconds"] == 5 + 30 + 10
 
 
-@pytest.mark.parametrize("shutdown, grace", [("1m", 75), ("90", 105), ("1m30s", 105), ("500ms", 16)])
+@pytest.mark.parametrize("shutdown, grace", [("1m", 75), ("90", 105), ("1m30s", 105), ("500ms", 16), ("0", 15),
+                                             (0, 15), (2.5, 18)])
 def test_termination_grace_follows_timeouts_shutdown(shutdown, grace):
     deployment = one(documents({"timeouts": {"shutdown": shutdown}}), "Deployment")
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
