@@ -833,6 +833,17 @@ def test_notes_say_how_to_call_and_watch_the_endpoint():
     assert "get secret llama-api-keys" in gpu and "GPU categories 80gb-pro, 80gb" in gpu
 
 
+def test_notes_say_the_proxies_are_ready_without_a_worker():
+    """/readyz (the readiness probe) answers 200 unless stopping; NOTES must not promise a wait for workers."""
+    text = notes({"workers": {"active": 2, "max": 3}})
+    assert "The proxies are Ready as soon as they run (/readyz: 200 unless stopping)" in text
+    assert "kubectl -n default get pods -l lbproxy.io/endpoint=my-endpoint -w" in text
+    assert "once a worker is ready" not in text
+    assert "get pods -l" not in notes()  # workers.active: 0, nothing starts
+    probe = one(documents(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["httpGet"]["path"] == "/readyz"  # not ?require_worker=1
+
+
 def test_uninstall_hook_deletes_the_workers_lbproxy_created(default_docs):
     job = one(default_docs, "Job")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
