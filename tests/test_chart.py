@@ -331,6 +331,22 @@ def test_schema_names_exactly_the_config_models_settings():
     assert set(schema["properties"]["type"]["enum"]) <= set(model["type"].__args__)
 
 
+def test_chart_readme_names_exactly_the_proxy_keys_the_schema_has():
+    """charts/lbproxy/README.md's `proxy:` table is kept by hand: each key it names exists, none is missing."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["proxy"]["properties"]
+    named: set[str] = set()
+    for line in (CHART / "README.md").read_text().splitlines():
+        if line.startswith("| `proxy."):
+            first, *siblings = re.findall(r"`([^`]+)`", line.split("|")[1])
+            parent, _, _ = first.rpartition(".")
+            named |= {first, *(f"{parent}.{sibling}" for sibling in siblings)}
+    for key in named:
+        node: Any = {"properties": {"proxy": {"properties": schema}}}
+        for part in key.removesuffix(".*").split("."):
+            node = node["properties"][part]
+    assert {key.split(".")[1] for key in named} == set(schema)
+
+
 def uncommented_values() -> dict[str, Any]:
     """values.yaml with every lbproxy key written out, as a user uncommenting its lines would."""
     text = (CHART / "values.yaml").read_text()
