@@ -12,12 +12,15 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import jsonschema
 import pytest
 import yaml
+from pydantic import BeforeValidator, PlainValidator, WithJsonSchema, WrapValidator
+from pydantic_core import PydanticUndefined
 
 from lbproxy import config_docs
 from lbproxy.catalog import BUILTIN_CATALOG
@@ -151,6 +154,43 @@ def test_gpu_catalog_table_is_the_built_in_catalog() -> None:
 
 
 # ---------------------------------------------------------------------------- schema patterns = the parsers
+
+
+def _unwritten(annotation: Any, where: str) -> Iterator[str]:
+    """Before-validators in `annotation` (nested types included) that do not say what they accept."""
+    if get_origin(annotation) is Annotated:
+        inner, *metadata = get_args(annotation)
+        yield from _unwritten_metadata(metadata, where)
+        yield from _unwritten(inner, where)
+    else:
+        for arg in get_args(annotation):
+            yield from _unwritten(arg, where)
+
+
+def _unwritten_metadata(metadata: list[Any], where: str) -> Iterator[str]:
+    if any(isinstance(item, WithJsonSchema) for item in metadata):
+        return  # the whole annotation says how it is written (addresses, ports)
+    for item in metadata:
+        if isinstance(item, BeforeValidator | PlainValidator | WrapValidator) and (
+                item.json_schema_input_type is PydanticUndefined):
+            yield f"{where}: {item.func.__name__}"
+
+
+def test_every_before_validator_says_how_its_value_is_written() -> None:
+    """A before-validator takes what the file says (`5s`) and stores something else (5.0): pydantic's schema
+    then describes the stored type, and the chart would refuse `5s`. Use config_values' aliases (_Duration,
+    _duration(minimum), _ByteSize, _CommandField, ...) or give json_schema_input_type."""
+    found: list[str] = []
+    models = {Config, *(s.section for s in settings(Config) if s.section)}
+    for model in models:
+        for name, field in model.model_fields.items():
+            found += _unwritten_metadata(field.metadata, f"{model.__name__}.{name}")
+            found += _unwritten(field.annotation, f"{model.__name__}.{name}")
+        for name, decorator in model.__pydantic_decorators__.field_validators.items():
+            if decorator.info.mode != "after" and decorator.info.json_schema_input_type is PydanticUndefined:
+                found.append(f"{model.__name__}.{name} (field_validator mode={decorator.info.mode!r})")
+    assert found == []
+
 
 # (key, values): each is checked against the model's JSON schema for the key and against lbproxy itself.
 AGREEMENT = [
