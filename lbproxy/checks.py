@@ -63,12 +63,37 @@ def risk_warnings(config: Config) -> list[str]:
             f"scaling.queue_delay: {format_duration(config.scaling.queue_delay)} lets requests wait that "
             f"long before a worker is added (slow scale-up); 2s to 4s is typical"
         )
+    warnings += _never_scales(config)
     if timeouts.init < 10:
         warnings.append(
             f"timeouts.init: {format_duration(timeouts.init)} is very short: a worker still loading its "
             f"model is replaced before it is ready; allow its whole cold start (default 7m)"
         )
     return warnings
+
+
+def _never_scales(config: Config) -> list[str]:
+    """Combinations under which the endpoint can never add a worker (or never serve at all)."""
+    workers, limits, scaling = config.workers, config.limits, config.scaling
+    found: list[str] = []
+    if limits.max_queue == 0 and workers.active == 0:
+        found.append(
+            "limits.max_queue: 0 with workers.active: 0 refuses every request (429) while no worker is ready, so "
+            "no request ever starts one: the endpoint never serves; allow a queue or keep a worker active"
+        )
+    elif scaling.strategy == "queue_delay" and workers.concurrency and workers.max > workers.active:
+        if limits.max_queue == 0:
+            found.append(
+                "limits.max_queue: 0 means no request ever waits, so scaling.queue_delay never adds a worker "
+                f"beyond workers.active ({workers.active}); allow a queue or use scaling.strategy: request_count"
+            )
+        elif scaling.queue_delay >= config.timeouts.wait:
+            found.append(
+                f"scaling.queue_delay: {format_duration(scaling.queue_delay)} is not below timeouts.wait "
+                f"({format_duration(config.timeouts.wait)}): requests give up (503) before they have waited "
+                f"long enough to add a worker, so the endpoint never scales up; lower it below timeouts.wait"
+            )
+    return found
 
 
 def backend_problems(config: Config) -> list[str]:

@@ -25,6 +25,10 @@ log = logging.getLogger("lbproxy.controller")
 TICK = 1.0
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
+# Failed starts in a row after which requests no ready worker can take fail at once (503 with the reason)
+# during the back-off, instead of waiting timeouts.wait for a worker that keeps failing. One failure is
+# retried with the requests still waiting: it may have been a fluke.
+FAIL_FAST_AFTER = 2
 
 
 class Controller:
@@ -95,8 +99,9 @@ class Controller:
             if w.ready_at is None:
                 self._start_failed(f"worker {worker_id} exited before it was ready ({reason})")
             else:
+                # Its requests usually fail (connection reset) before the exit is reported: count those too.
                 log.warning("worker %s exited unexpectedly (%s) with %d request(s) in flight",
-                            worker_id, reason, w.in_flight)
+                            worker_id, reason, w.in_flight + w.failed)
         self.pool.set_state(w, WorkerState.EXITED, reason)
 
     def _state_changed(self, w: Worker, old: WorkerState) -> None:
@@ -105,6 +110,16 @@ class Controller:
             self.metrics.cold_start.labels(self.metrics.endpoint).observe(cold)
             log.info("worker %s ready after %.2fs", w.id, cold)
             self.failed_starts = 0
+
+    def _tell_pool(self) -> None:
+        """What clients waiting for a worker are told: why starts fail, and (after FAIL_FAST_AFTER in a row,
+        during the back-off) that none will come soon, so they get their 503 now."""
+        if not self.failed_starts:
+            self.pool.set_trouble(None)
+            return
+        why = f"workers are failing to start ({self.failed_starts} in a row): {self.last_failure}"
+        self.pool.set_trouble(why, self.blocked_until,
+                              fail_fast=self.failed_starts >= FAIL_FAST_AFTER and self.clock() < self.blocked_until)
 
     def _start_failed(self, why: str) -> None:
         self.failed_starts += 1
@@ -128,6 +143,7 @@ class Controller:
                 decision = decide(merge_peer_load(snap, self.peer_loads()), self.settings)
                 if decision.changes_anything:
                     await self._apply(decision)
+                self._tell_pool()
                 wait = TICK if decision.recheck_after is None else min(TICK, max(decision.recheck_after, 0.01))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), wait)
@@ -153,6 +169,9 @@ class Controller:
         for wid, why in d.stop:
             w = self.pool.get(wid)
             if w is not None:
+                if w.ready_at is None:  # never ready (timeouts.init): a failed start, backed off like a crash
+                    last = f" (last: {w.reason})" if w.reason else ""
+                    self._start_failed(f"worker {wid} {why}{last}")
                 log.warning("replacing worker %s: %s", wid, why)
                 self.metrics.scaled("down", "replace")
                 self.pool.set_state(w, WorkerState.STOPPING, why)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import NamedTuple
 
 from aiohttp import web
@@ -24,7 +25,8 @@ WORKER_GONE = ProxyError(
 )
 QUEUE_FULL = ProxyError(429, "queue_full", "{queued} requests are already waiting for a worker; retry later")
 WORKER_FAILED = ProxyError(502, "worker_failed", "the worker failed while handling the request: {detail}")
-NO_WORKER = ProxyError(503, "no_worker", "no worker was free within timeouts.wait ({wait:g}s); retry later")
+NO_WORKER = ProxyError(503, "no_worker", "{detail}; retry later")
+RETRY_AFTER_DEFAULT = 5  # seconds, in Retry-After when nothing better is known (no worker starting)
 OVERLOADED = ProxyError(503, "overloaded", "lbproxy has no file descriptor left for this request; retry later")
 SHUTTING_DOWN = ProxyError(503, "shutting_down", "the endpoint is shutting down; retry on another replica")
 EXECUTION_TIMEOUT = ProxyError(
@@ -32,6 +34,17 @@ EXECUTION_TIMEOUT = ProxyError(
 )
 
 _JSON = "application/json"
+
+
+def no_worker(why: str, retry_after: float | None, waited: float | None) -> tuple[str, int]:
+    """The ``detail`` of a 503 ``no_worker`` and its Retry-After seconds: what is known about why no worker took
+    the request (starts failing, workers still loading) and when one may (a starting worker's expected rest)."""
+    if waited is None:  # failed at once: workers are failing to start and none is tried before the back-off ends
+        detail = f"no worker can take the request now: {why}"
+    else:
+        detail = f"no worker was free within timeouts.wait ({waited:g}s)" + (f": {why}" if why else "")
+    retry = RETRY_AFTER_DEFAULT if retry_after is None else max(1, math.ceil(retry_after))
+    return detail, retry
 
 
 def error_response(err: ProxyError, headers: dict[str, str] | None = None, **details: object) -> web.Response:

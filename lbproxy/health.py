@@ -15,6 +15,8 @@ import aiohttp
 
 from .policy import WorkerState
 from .pool import Worker, WorkerPool
+from .readiness import NOT_ASKED, judge
+from .sockets import out_of_descriptors
 
 log = logging.getLogger("lbproxy.health")
 
@@ -23,7 +25,9 @@ HURRY_INTERVAL = 0.02  # while requests wait for a starting worker: bounds cold-
 READY_INTERVAL = 1.0
 UNHEALTHY_INTERVAL = 0.5
 PROBE_TIMEOUT = 2.0
-FAILURES_TO_UNHEALTHY = 2  # one lost probe under load is not enough to pull a worker out of rotation
+# Probe connections are kept alive between probes (1 s apart once ready), closed after this idle time: below
+# the 5 s keep-alive of common Python servers, so a probe never goes out on a connection the worker is closing.
+PROBE_KEEPALIVE = 4.0
 
 
 class HealthProber:
@@ -38,9 +42,10 @@ class HealthProber:
         pool.on_queued_without_worker(self._hurry.set)
 
     async def start(self) -> None:
-        # Its own session: probes never wait behind proxied requests for a pooled connection.
+        # Its own session: probes never wait behind proxied requests for a pooled connection. Connections are
+        # reused, so probing needs no new descriptor while lbproxy is short of them (a burst of clients).
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=PROBE_KEEPALIVE),
             timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT),
             skip_auto_headers=("User-Agent",),
         )
@@ -61,7 +66,7 @@ class HealthProber:
             task.cancel()
 
     async def probe(self, w: Worker) -> int | None:
-        """The /ping status, or None when the worker did not answer."""
+        """The /ping status, None when the worker did not answer, NOT_ASKED when lbproxy could not ask it."""
         assert self._session is not None
         url = f"http://{w.host}:{w.health_port}{self.path}" if ":" not in w.host else (
             f"http://[{w.host}]:{w.health_port}{self.path}"
@@ -70,8 +75,9 @@ class HealthProber:
             async with self._session.get(url, allow_redirects=False) as resp:
                 await resp.read()
                 return resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            return None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            # Out of descriptors is lbproxy's own overload (README: the worker is not blamed for it).
+            return NOT_ASKED if out_of_descriptors(exc) else None
 
     async def _loop(self, w: Worker) -> None:
         pool = self.pool
@@ -82,23 +88,16 @@ class HealthProber:
                     await self._pause(w)
                     continue
                 status = await self.probe(w)
-                state = w.state
-                if state is WorkerState.STARTING:
-                    if status == 200:
-                        pool.set_state(w, WorkerState.READY, "/ping 200")
-                    elif status is not None:
-                        w.reason = f"/ping {status}" + (" (initializing)" if status == 204 else "")
-                elif status == 200:
-                    failures = 0
-                    if state is WorkerState.UNHEALTHY:
-                        log.info("worker %s recovered: /ping 200", w.id)
-                        pool.set_state(w, WorkerState.READY, "/ping 200 again")
-                elif state is WorkerState.READY:
-                    failures += 1
-                    if failures >= FAILURES_TO_UNHEALTHY:
-                        why = f"/ping answered {status}" if status is not None else "/ping did not answer"
-                        log.warning("worker %s unhealthy: %s", w.id, why)
-                        pool.set_state(w, WorkerState.UNHEALTHY, why)
+                verdict = judge(w.state, status, failures)
+                failures = verdict.failures
+                if verdict.state is WorkerState.UNHEALTHY:
+                    log.warning("worker %s unhealthy: %s", w.id, verdict.reason)
+                elif verdict.state is WorkerState.READY and w.state is WorkerState.UNHEALTHY:
+                    log.info("worker %s recovered: /ping 200", w.id)
+                if verdict.state is not None:
+                    pool.set_state(w, verdict.state, verdict.reason)
+                elif verdict.reason:
+                    w.reason = verdict.reason
                 await self._pause(w)
         finally:
             if self._tasks.get(w.id) is asyncio.current_task():

@@ -133,6 +133,7 @@ def decide(snap: Snapshot, cfg: ScalingSettings) -> Decision:
     present += snap.pending_starts
     wait = now - snap.oldest_queued_at if snap.queued and snap.oldest_queued_at is not None else 0.0
     demand, reason = _demand(snap.queued, wait, in_progress, live, starting, cfg)
+    load = _by_request_count(snap.queued, in_progress, cfg)
     if snap.queued and cfg.strategy == "queue_delay" and wait <= cfg.queue_delay:
         wakes.append(max(cfg.queue_delay - wait, 0.01))  # look again just after the threshold passes
     desired = min(max(demand, cfg.active), cfg.max)
@@ -147,7 +148,7 @@ def decide(snap: Snapshot, cfg: ScalingSettings) -> Decision:
         start = 0
 
     drain: tuple[str, ...] = ()
-    floor = max(cfg.active, demand if cfg.strategy == "request_count" else 0)
+    floor = max(cfg.active, load)
     # Only ready workers count toward what stays: draining a ready worker in favour of one still loading
     # would leave the endpoint with no capacity for up to timeouts.init.
     surplus = ready - floor
@@ -167,14 +168,25 @@ def decide(snap: Snapshot, cfg: ScalingSettings) -> Decision:
     )
 
 
+def _by_request_count(queued: int, in_progress: int, cfg: ScalingSettings) -> int:
+    """The request-count target, ceil((queued + in progress) / requests_per_worker): the strategy's own rule, and
+    under queue_delay the rule for unlimited concurrency (``workers.concurrency: 0``). Then a worker takes every
+    request at once and queues it inside, where lbproxy cannot see it: nothing waits in lbproxy's queue, so the
+    queue delay never grows and would never add a worker; the requests in flight are the measure of load instead.
+    Also the floor scale-down keeps."""
+    if cfg.strategy == "request_count" or cfg.concurrency == 0:
+        return math.ceil((queued + in_progress) / cfg.requests_per_worker)
+    return 0
+
+
 def _demand(
     queued: int, wait: float, in_progress: int, live: int, starting: int, cfg: ScalingSettings
 ) -> tuple[int, str]:
     """Live workers the load asks for, before clamping to [active, max]."""
+    load = _by_request_count(queued, in_progress, cfg)
+    counted = f"ceil(({queued} queued + {in_progress} in progress) / {cfg.requests_per_worker}) = {load}"
     if cfg.strategy == "request_count":
-        need = math.ceil((queued + in_progress) / cfg.requests_per_worker)
-        return need, f"request_count: ceil(({queued} queued + {in_progress} in progress) / " \
-            f"{cfg.requests_per_worker}) = {need}"
+        return load, f"request_count: {counted}"
     demand, reason = live, ""
     if queued and live == 0:
         # Scale from zero at once: nobody can serve the queue, waiting for queue_delay only adds latency.
@@ -188,6 +200,8 @@ def _demand(
             f"queue_delay: oldest request waited {wait:.1f}s > {cfg.queue_delay:g}s "
             f"({queued} queued, {starting} starting)"
         )
+    if load > demand:
+        demand, reason = load, f"queue_delay with unlimited concurrency, by requests in flight: {counted}"
     if demand < cfg.active:
         reason = f"below workers.active ({live} live < {cfg.active})"
     return demand, reason

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +26,15 @@ class QueueFull(Exception):
 
 
 class NoWorkerInTime(Exception):
-    """No worker took the request within ``timeouts.wait``."""
+    """No worker took the request within ``timeouts.wait``, or none can (workers are failing to start).
+
+    ``why`` says what is known ("" when nothing more than the wait), ``retry_after`` when a client could expect
+    a worker (seconds; None: unknown)."""
+
+    def __init__(self, why: str = "", retry_after: float | None = None) -> None:
+        super().__init__(why)
+        self.why = why
+        self.retry_after = retry_after
 
 
 class ShuttingDown(Exception):
@@ -37,6 +46,7 @@ class WorkerGone(Exception):
 
 
 _LEAVING = (WorkerState.DRAINING, WorkerState.STOPPING, WorkerState.EXITED)
+COLD_STARTS_KEPT = 8  # recent cold-start durations, for the expected start time of workers still starting
 
 
 @dataclass(eq=False, slots=True)
@@ -54,6 +64,7 @@ class Worker:
     in_flight: int = 0
     idle_since: float | None = None
     served: int = 0
+    failed: int = 0  # requests that failed on it since the last one it answered (the exit log names them)
     rank: int = 0
     reason: str = ""
     drained: asyncio.Event = field(default_factory=asyncio.Event)
@@ -98,6 +109,13 @@ class WorkerPool:
         self._listeners: list[Listener] = []
         self._on_queued: list[Callable[[], None]] = []
         self._closed = False
+        # A cold start: requests queued while no worker was ready. Until the queue is empty again, the workers
+        # started for it share it (``_share``) instead of the first one ready taking everything.
+        self._burst = False
+        self._redispatch: asyncio.TimerHandle | None = None
+        self._cold_starts: deque[float] = deque(maxlen=COLD_STARTS_KEPT)
+        self._trouble: tuple[str, float] | None = None  # (why, until): workers fail to start; see set_trouble
+        self._fail_fast = False
         self.changed = asyncio.Event()  # set on every state change; the controller clears it
 
     # -- observers -------------------------------------------------------------------------------
@@ -130,6 +148,7 @@ class WorkerPool:
         if state is WorkerState.READY:
             if w.ready_at is None:
                 w.ready_at = now
+                self._cold_starts.append(now - w.started_at)
             if w.in_flight == 0:
                 w.idle_since = now
             w.drained.clear()  # set again only by a drain that really waits out this worker's requests
@@ -143,8 +162,8 @@ class WorkerPool:
         if state is WorkerState.READY or old is WorkerState.READY:
             self._ready = tuple(x for x in self.workers.values() if x.state is WorkerState.READY)
         self._notify(w, old)
-        if state is WorkerState.READY:
-            self._dispatch()
+        if self._waiters and (state is WorkerState.READY or old is WorkerState.STARTING):
+            self._dispatch()  # a ready worker takes waiters; one that stopped starting changes the shares
 
     def drain(self, w: Worker) -> asyncio.Event:
         """Stop routing to ``w``; the returned event is set once its last in-flight request ended."""
@@ -179,6 +198,45 @@ class WorkerPool:
             if not waiter.strict:
                 return waiter.since
         return None
+
+    # -- what a client is told when no worker takes its request -----------------------------------
+
+    def expected_cold_start(self) -> float | None:
+        """The longest of the recent cold starts (seconds from start to ready), None before the first."""
+        return max(self._cold_starts) if self._cold_starts else None
+
+    def set_trouble(self, why: str | None, until: float = 0.0, *, fail_fast: bool = False) -> None:
+        """The controller says workers are failing to start (``why``; None: they are not), tried again at ``until``.
+
+        A request no worker took is told ``why``. With ``fail_fast``, requests that no ready worker can take fail
+        at once with it instead of waiting out ``timeouts.wait`` for a worker that will not come.
+        """
+        self._trouble = None if why is None else (why, until)
+        self._fail_fast = fail_fast and why is not None
+        if self._fail_fast and not self._ready:
+            error = self.no_worker()
+            for waiter in self._waiters:
+                if not waiter.strict and not waiter.future.done():
+                    waiter.future.set_exception(error)
+
+    def no_worker(self) -> NoWorkerInTime:
+        """Why no worker took a request, as far as the pool knows, and when to try again."""
+        now = self.clock()
+        if self._trouble is not None:
+            why, until = self._trouble
+            return NoWorkerInTime(why, max(1.0, until - now))
+        starting = [w for w in self.workers.values() if w.state is WorkerState.STARTING]
+        if starting:
+            oldest = min(starting, key=lambda w: w.started_at)
+            age = now - oldest.started_at
+            detail = f": {oldest.reason}" if oldest.reason else ""
+            expected = self.expected_cold_start()
+            retry = max(1.0, expected - age) if expected is not None else None
+            return NoWorkerInTime(f"{len(starting)} worker(s) still starting (the first for {age:.0f}s{detail})",
+                                  retry)
+        if self._ready:
+            return NoWorkerInTime(f"all {len(self._ready)} ready worker(s) were busy")
+        return NoWorkerInTime()
 
     def try_acquire(self, preferred: str | None = None, strict: bool = False) -> Worker | None:
         """Take a slot on a ready worker at once, or None (the caller then waits with ``acquire``).
@@ -216,6 +274,8 @@ class WorkerPool:
         w = self.try_acquire(preferred, strict)
         if w is not None:
             return w
+        if self._fail_fast and not self._ready and not strict:
+            raise self.no_worker()
         if len(self._waiters) >= self.max_queue:
             raise QueueFull
         fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
@@ -224,6 +284,7 @@ class WorkerPool:
         self._strict_waiting += strict
         self.changed.set()
         if not self._ready and not strict:
+            self._burst = True
             for cb in self._on_queued:
                 cb()
         self._dispatch()
@@ -236,7 +297,7 @@ class WorkerPool:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.release(fut.result())
             if isinstance(exc, TimeoutError):
-                raise NoWorkerInTime from None
+                raise self.no_worker() from None
             raise
         finally:
             try:
@@ -245,11 +306,15 @@ class WorkerPool:
                 pass
             else:
                 self._strict_waiting -= strict
+            if not self._waiters:
+                self._burst = False
 
-    def release(self, w: Worker) -> None:
-        """Give back the slot taken by ``acquire``; the next waiter may take it."""
+    def release(self, w: Worker, failed: bool = False) -> None:
+        """Give back the slot taken by ``acquire``; the next waiter may take it. ``failed``: the worker failed
+        the request (counted until it answers one again)."""
         w.in_flight -= 1
         w.served += 1
+        w.failed = w.failed + 1 if failed else 0
         if w.in_flight == 0:
             w.idle_since = self.clock()
             if w.state is not WorkerState.READY:
@@ -266,27 +331,60 @@ class WorkerPool:
         finally:
             self.release(w)
 
+    def redispatch(self) -> None:
+        """Dispatch again: a starting worker expected by a cold start may no longer be (see ``_share``)."""
+        self._redispatch = None
+        if self._waiters:
+            self._dispatch()
+
+    def _share(self) -> int:
+        """Slots per ready worker for this dispatch: ``concurrency``, or during a cold start less while other
+        workers started for the queue are still starting (its fair share of what is queued and in flight), so
+        that the first worker ready does not take the whole burst while the others, paid for too, get none.
+
+        A starting worker counts while it is expected soon: for up to twice the longest recent cold start (plus
+        1 s). One that takes longer (stuck, unschedulable) holds nobody back; a timer dispatches again then.
+        """
+        limit = self.concurrency
+        if not self._burst or not self._ready:
+            return limit
+        now = self.clock()
+        expected = self.expected_cold_start() or 0.0
+        horizon = 2 * expected + 1.0
+        soon = [w.started_at + horizon for w in self.workers.values()
+                if w.state is WorkerState.STARTING and now - w.started_at < horizon]
+        if not soon:
+            return limit
+        if self._redispatch is None:
+            self._redispatch = asyncio.get_running_loop().call_later(max(0.01, min(soon) - now), self.redispatch)
+        demand = sum(w.in_flight for w in self._ready) + len(self._waiters) - self._strict_waiting
+        share = max(1, math.ceil(demand / (len(self._ready) + len(soon))))
+        return share if limit == 0 else min(limit, share)
+
     def _dispatch(self) -> None:
         """Hand free slots to waiters, oldest first."""
         if self._strict_waiting:
             return self._dispatch_mixed()
         waiters = self._waiters
+        limit = self._share()
         while waiters:
             waiter = waiters[0]
             if waiter.future.done():  # timed out or cancelled; its own finally removes it
                 waiters.popleft()
                 continue
-            w = choose_worker(self._ready, self.concurrency, waiter.preferred)
+            w = choose_worker(self._ready, limit, waiter.preferred)
             if w is None:
                 return
             waiters.popleft()
             self._hand(waiter, w)
+        self._burst = False
 
     def _dispatch_mixed(self) -> None:
         """``_dispatch`` with strict waiters queued: one pass in order, each waiter served if it can be; a
         strict waiter whose worker is busy does not hold up the others."""
         kept: deque[_Waiter] = deque()
         anyone = True  # a non-strict waiter may still find a worker
+        limit = self._share()
         for waiter in self._waiters:
             if waiter.future.done():
                 self._strict_waiting -= waiter.strict
@@ -294,7 +392,7 @@ class WorkerPool:
             if waiter.strict:
                 w = self._free(waiter.preferred)
             else:
-                w = choose_worker(self._ready, self.concurrency, waiter.preferred) if anyone else None
+                w = choose_worker(self._ready, limit, waiter.preferred) if anyone else None
                 anyone = w is not None
             if w is None:
                 kept.append(waiter)
@@ -325,6 +423,9 @@ class WorkerPool:
     def close(self) -> None:
         """Refuse new requests and fail every queued one (shutdown)."""
         self._closed = True
+        if self._redispatch is not None:
+            self._redispatch.cancel()
+            self._redispatch = None
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.future.done():

@@ -35,7 +35,6 @@ from .sockets import out_of_descriptors, reset
 log = logging.getLogger("lbproxy.proxy")
 
 MAX_CONNECT_RETRIES = 2
-RETRY_AFTER_SECONDS = "5"
 # Below the 5 s keep-alive timeout of common Python servers (uvicorn, gunicorn), so a pooled connection is
 # dropped by us before the worker closes it under a request we are sending.
 UPSTREAM_KEEPALIVE = 4.0
@@ -112,7 +111,7 @@ class Proxy:
         preferred, strict = parse_affinity(headers.get(WORKER_ID))
         worker, failed = await self._reserve(preferred, strict)
         if worker is None:
-            return failed or errors.error_response(errors.NO_WORKER, wait=self.wait_timeout)
+            return failed or errors.error_response(errors.NO_WORKER, detail="no worker was free")
         exchange = _Exchange()
         body = self._body(request, exchange) if request.body_exists else None
         attempt = 0
@@ -131,7 +130,7 @@ class Proxy:
                 self.pool.release(worker)
             worker, failed = await self._reserve(None)
             if worker is None:
-                return failed or errors.error_response(errors.NO_WORKER, wait=self.wait_timeout)
+                return failed or errors.error_response(errors.NO_WORKER, detail="no worker was free")
 
     async def _reserve(self, preferred: str | None, strict: bool = False
                        ) -> tuple[Worker | None, web.Response | None]:
@@ -146,11 +145,12 @@ class Proxy:
             return None, errors.error_response(errors.WORKER_GONE, worker=preferred)
         except QueueFull:
             return None, errors.error_response(errors.QUEUE_FULL, queued=self.pool.queued)
-        except NoWorkerInTime:
-            self.metrics.observe_wait(time.monotonic() - queued_at)
-            return None, errors.error_response(
-                errors.NO_WORKER, {"Retry-After": RETRY_AFTER_SECONDS}, wait=self.wait_timeout
-            )
+        except NoWorkerInTime as exc:
+            waited = time.monotonic() - queued_at
+            self.metrics.observe_wait(waited)
+            detail, retry = errors.no_worker(exc.why, exc.retry_after,
+                                             self.wait_timeout if waited >= self.wait_timeout else None)
+            return None, errors.error_response(errors.NO_WORKER, {"Retry-After": str(retry)}, detail=detail)
         except ShuttingDown:
             return None, errors.error_response(errors.SHUTTING_DOWN, {"Retry-After": "1"})
         self.metrics.observe_wait(time.monotonic() - queued_at)
@@ -242,7 +242,7 @@ class Proxy:
         assert self.session is not None
         worker, failed = await self._reserve(*parse_affinity(request.headers.get(WORKER_ID)))
         if worker is None:
-            return failed or errors.error_response(errors.NO_WORKER, wait=self.wait_timeout)
+            return failed or errors.error_response(errors.NO_WORKER, detail="no worker was free")
         try:
             headers = upstream_request_headers(
                 request.headers, peer=request.remote, scheme=request.scheme, host=request.host, rid=rid,

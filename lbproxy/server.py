@@ -145,7 +145,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
                 await kube.close()
                 raise
         else:
-            backend = LocalBackend(config, controller, environ)
+            local = LocalBackend(config, controller, environ)
+            await local.clean_up_leftovers()
+            backend = local
     except StartFailed as exc:
         log.error("cannot start: %s", exc)
         return 2

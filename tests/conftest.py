@@ -163,6 +163,18 @@ async def launch(cfg: dict[str, Any], directory: Path, env: dict[str, str] | Non
     return ep
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """lbproxy's own files (worker records, queues, cost) never go to the real home directory in tests."""
+    previous = os.environ.get("LBPROXY_DATA_DIR")
+    os.environ["LBPROXY_DATA_DIR"] = str(tmp_path_factory.mktemp("lbproxy-data"))
+    yield
+    if previous is None:
+        os.environ.pop("LBPROXY_DATA_DIR", None)
+    else:
+        os.environ["LBPROXY_DATA_DIR"] = previous
+
+
 @pytest.fixture
 def start_endpoint(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """``await start_endpoint(workers={"max": 3}, ...)`` starts lbproxy with the echo worker; always cleaned up.

@@ -252,3 +252,31 @@ def test_forward_authorization_without_keys_has_no_effect() -> None:
     [notice] = notices(config(auth={"forward_authorization": True}))
     assert notice.startswith("auth.forward_authorization: no effect without api keys")
     assert notices(config(auth={"forward_authorization": True, "api_keys": ["k"]})) == []
+
+
+# -- combinations that can never scale (issue 10) --------------------------------------------------------
+
+
+def test_the_default_scaling_has_no_never_scales_warning() -> None:
+    """Unlimited concurrency with queue_delay scales by requests in flight (policy), so it is no warning."""
+    assert risk_warnings(config(workers={"max": 3})) == []
+
+
+def test_no_queue_and_no_active_worker_never_serves() -> None:
+    [w] = warnings_about("limits.max_queue", limits={"max_queue": 0})
+    assert "the endpoint never serves" in w
+
+
+def test_no_queue_with_a_concurrency_limit_never_scales_by_queue_delay() -> None:
+    [w] = warnings_about("limits.max_queue", limits={"max_queue": 0}, workers={"active": 1, "concurrency": 2})
+    assert "never adds a worker beyond workers.active (1)" in w
+    assert warnings_about("limits.max_queue", limits={"max_queue": 0}, workers={"active": 1, "concurrency": 2},
+                          scaling={"strategy": "request_count"}) == []
+
+
+def test_queue_delay_not_below_the_wait_never_scales() -> None:
+    [w] = warnings_about("scaling.queue_delay", workers={"concurrency": 2},
+                         scaling={"queue_delay": "10s"}, timeouts={"wait": "10s"})
+    assert "never scales up" in w and "timeouts.wait (10s)" in w
+    assert warnings_about("scaling.queue_delay", workers={"concurrency": 2},
+                          scaling={"queue_delay": "3s"}, timeouts={"wait": "10s"}) == []

@@ -113,3 +113,35 @@ async def test_a_command_that_cannot_start_raises_start_failed():
     backend = LocalBackend(config(["/nonexistent/worker"]), Events(), environ=dict(os.environ))
     with pytest.raises(StartFailed, match="could not start"):
         await backend.start_worker()
+
+
+@pytest.mark.parametrize(("script", "reason"), [
+    ("import sys; sys.exit(7)", "exit code 7"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "killed by SIGSEGV"),
+])
+async def test_the_worker_exit_reaches_lbproxy_through_its_guard_unchanged(script, reason):
+    events = Events()
+    backend = LocalBackend(config([sys.executable, "-c", script]), events, environ=dict(os.environ))
+    try:
+        await backend.start_worker()
+        await until(lambda: events.exited, 10, "the worker's exit")
+        assert list(events.exited.values()) == [reason]
+    finally:
+        await backend.close()
+
+
+async def test_status_names_the_worker_itself_and_killing_it_is_seen_at_once():
+    events = Events()
+    backend = LocalBackend(config([sys.executable, "-c", "import time; time.sleep(60)"]), events,
+                           environ=dict(os.environ))
+    try:
+        await backend.start_worker()
+        wid = events.added[0].id
+        facts = backend.describe(wid)
+        assert facts["pid"] != facts["process_group"]  # the worker, not its guard (the group's leader)
+        os.kill(facts["pid"], 9)
+        await until(lambda: wid in events.exited, 10, "the exit")
+        assert events.exited[wid] == "killed by SIGKILL"
+        assert not pid_alive(facts["process_group"])
+    finally:
+        await backend.close()

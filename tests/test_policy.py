@@ -132,9 +132,25 @@ def test_queue_delay_adds_enough_workers_for_the_queue() -> None:
     assert "queue_delay" in d.reason
 
 
-def test_queue_delay_with_unlimited_concurrency_adds_one_worker() -> None:
-    d = decide(snap(ready("a", in_flight=30), queued=20, waited=5.0), cfg(max=10, concurrency=0))
-    assert (d.desired, d.start) == (2, 1)
+def test_queue_delay_with_unlimited_concurrency_scales_by_requests_in_flight() -> None:
+    """Issue 10: with concurrency 0 nothing ever queues in lbproxy, so the queue delay alone never scaled."""
+    d = decide(snap(ready("a", in_flight=30)), cfg(max=3, concurrency=0))  # the defaults, 30 long requests
+    assert (d.desired, d.start) == (3, 2)
+    assert "by requests in flight" in d.reason
+    d = decide(snap(ready("a", in_flight=30), queued=20, waited=5.0), cfg(max=20, concurrency=0))
+    assert (d.desired, d.start) == (13, 12)  # ceil(50 / requests_per_worker 4)
+
+
+def test_queue_delay_with_unlimited_concurrency_keeps_one_worker_for_light_load() -> None:
+    d = decide(snap(ready("a", in_flight=4)), cfg(max=3, concurrency=0))
+    assert (d.desired, d.start) == (1, 0)
+
+
+def test_queue_delay_with_unlimited_concurrency_drains_only_what_the_load_leaves_idle() -> None:
+    busy = ready("a", in_flight=6)
+    idle = ready("b", idle=60.0)
+    assert decide(snap(busy, idle), cfg(max=3, concurrency=0, idle_timeout=5.0)).drain == ()  # ceil(6/4) = 2
+    assert decide(snap(ready("a", in_flight=3), idle), cfg(max=3, concurrency=0, idle_timeout=5.0)).drain == ("b",)
 
 
 def test_queue_below_delay_asks_to_be_rechecked_when_it_expires() -> None:
@@ -162,9 +178,15 @@ def test_one_starting_worker_absorbs_a_queue_it_can_serve() -> None:
     assert (d.desired, d.start) == (2, 0)
 
 
-def test_with_unlimited_concurrency_a_starting_worker_absorbs_any_queue() -> None:
-    d = decide(snap(starting("s"), queued=50, waited=5.0), cfg(max=10, concurrency=0))
-    assert d.start == 0
+def test_with_unlimited_concurrency_starting_workers_count_by_requests_per_worker() -> None:
+    workers = tuple(starting(f"s{i}") for i in range(3))
+    assert decide(snap(*workers, queued=12, waited=5.0), cfg(max=10, concurrency=0)).start == 0
+    assert decide(snap(*workers, queued=20, waited=5.0), cfg(max=10, concurrency=0)).start == 2
+
+
+def test_a_cold_start_with_unlimited_concurrency_starts_a_worker_per_requests_per_worker() -> None:
+    d = decide(snap(queued=12, waited=0.0), cfg(max=3, concurrency=0))
+    assert (d.desired, d.start) == (3, 3)
 
 
 # -- request_count -------------------------------------------------------------------------------------

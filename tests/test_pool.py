@@ -545,3 +545,124 @@ async def test_strict_queue_state_stays_consistent_when_waiters_give_up() -> Non
     assert pool.queued == 0 and pool.snapshot().queued == 0
     pool.release(a)
     assert pool.try_acquire() is a  # no phantom strict waiter blocks or takes the slot
+
+
+# -- a cold start's queue is shared among the workers started for it ---------------------------------------
+
+
+async def test_a_cold_start_burst_is_shared_among_the_workers_started_for_it() -> None:
+    """Issue 10: with unlimited concurrency, 12 requests queued at a cold start all went to the first of the 3
+    starting workers to turn ready ([0, 12, 0]); two paid-for workers served nothing."""
+    clock = FakeClock()
+    pool = make_pool(concurrency=0, max_queue=100, clock=clock)
+    workers = [add(pool, f"w{i}") for i in range(3)]
+    tasks = [await waiting(pool) for _ in range(12)]
+    clock.now += 1.0
+    pool.set_state(workers[1], WorkerState.READY, "/ping 200")
+    await settle(lambda: sum(t.done() for t in tasks) == 4, "the first ready worker's share")
+    assert (workers[1].in_flight, pool.queued) == (4, 8)
+    pool.set_state(workers[0], WorkerState.READY, "/ping 200")
+    await settle(lambda: sum(t.done() for t in tasks) == 8, "the second worker's share")
+    pool.set_state(workers[2], WorkerState.READY, "/ping 200")
+    await settle(lambda: all(t.done() for t in tasks), "every request served")
+    assert [w.in_flight for w in workers] == [4, 4, 4]
+
+
+async def test_a_worker_that_starts_much_slower_than_expected_holds_nobody_back() -> None:
+    clock = FakeClock()
+    pool = make_pool(concurrency=0, max_queue=100, clock=clock)
+    fast, slow = add(pool, "fast"), add(pool, "slow")
+    tasks = [await waiting(pool) for _ in range(6)]
+    clock.now += 1.0  # a 1 s cold start: the slow one is expected within 2 x 1 s + 1 s of its start
+    pool.set_state(fast, WorkerState.READY, "/ping 200")
+    await settle(lambda: fast.in_flight == 3, "its share")
+    clock.now += 2.5  # 3.5 s after the slow one's start
+    pool.redispatch()  # what the pool's timer does at that moment
+    await settle(lambda: all(t.done() for t in tasks), "the rest, on the ready worker")
+    assert (fast.in_flight, slow.in_flight) == (6, 0)
+
+
+async def test_a_starting_worker_that_exits_gives_its_share_to_the_ready_ones() -> None:
+    clock = FakeClock()
+    pool = make_pool(concurrency=0, max_queue=100, clock=clock)
+    a, b = add(pool, "a"), add(pool, "b")
+    tasks = [await waiting(pool) for _ in range(4)]
+    pool.set_state(a, WorkerState.READY, "/ping 200")
+    await settle(lambda: a.in_flight == 2, "its share")
+    pool.set_state(b, WorkerState.EXITED, "exit code 1")
+    await settle(lambda: all(t.done() for t in tasks), "the rest")
+    assert a.in_flight == 4
+
+
+async def test_once_the_burst_is_served_requests_route_as_usual() -> None:
+    clock = FakeClock()
+    pool = make_pool(concurrency=0, max_queue=100, clock=clock)
+    a, _b = add(pool, "a"), add(pool, "b")
+    task = await waiting(pool)
+    pool.set_state(a, WorkerState.READY, "/ping 200")
+    await settle(task.done, "the queued request")
+    for _ in range(5):  # b still starting: no queue now, so nothing is held back
+        assert pool.try_acquire() is a
+    assert a.in_flight == 6
+
+
+# -- what a client learns when no worker takes its request -----------------------------------------------
+
+
+async def test_failing_starts_fail_waiting_requests_at_once_with_the_reason() -> None:
+    clock = FakeClock()
+    pool = make_pool(max_queue=10, clock=clock)
+    task = await waiting(pool)
+    pool.set_trouble("workers are failing to start (2 in a row): exit code 3", until=clock.now + 4.0, fail_fast=True)
+    with pytest.raises(NoWorkerInTime) as caught:
+        await task
+    assert caught.value.why == "workers are failing to start (2 in a row): exit code 3"
+    assert caught.value.retry_after == 4.0
+    with pytest.raises(NoWorkerInTime):  # a new request does not wait either
+        await pool.acquire()
+    pool.set_trouble("workers are failing to start (2 in a row): exit code 3", until=clock.now)
+    task = await waiting(pool)  # a new start is being tried: requests wait for it again ...
+    pool.wait_timeout = 0.01
+    with pytest.raises(NoWorkerInTime) as caught:
+        await pool.acquire()
+    assert caught.value.why.startswith("workers are failing to start")  # ... and learn why if it does not come
+    task.cancel()
+
+
+async def test_failing_starts_do_not_stop_a_ready_worker_from_serving() -> None:
+    pool = make_pool(concurrency=1)
+    w = ready_worker(pool, "a")
+    pool.set_trouble("workers are failing to start", until=pool.clock() + 10, fail_fast=True)
+    assert await pool.acquire() is w
+    task = await waiting(pool)  # behind the ready worker's one slot
+    pool.release(w)
+    assert await task is w
+
+
+async def test_no_worker_in_time_says_which_workers_are_still_starting_and_when_to_retry() -> None:
+    clock = FakeClock()
+    pool = make_pool(wait_timeout=0.05, clock=clock)
+    first = add(pool, "first")
+    clock.now += 10.0
+    pool.set_state(first, WorkerState.READY)  # a 10 s cold start
+    pool.set_state(first, WorkerState.EXITED)
+    slow = add(pool, "slow")
+    pool.set_state(slow, WorkerState.STARTING, "/ping 204 (initializing)")
+    slow.reason = "/ping 204 (initializing)"
+    clock.now += 3.0
+    with pytest.raises(NoWorkerInTime) as caught:
+        await pool.acquire()
+    assert caught.value.why == "1 worker(s) still starting (the first for 3s: /ping 204 (initializing))"
+    assert caught.value.retry_after == 7.0  # the expected 10 s start less the 3 s it has been starting
+
+
+async def test_release_counts_the_failures_since_the_last_answer() -> None:
+    pool = make_pool(concurrency=3)
+    w = ready_worker(pool, "a")
+    for _ in range(3):
+        pool.try_acquire()
+    pool.release(w, failed=True)
+    pool.release(w, failed=True)
+    assert w.failed == 2
+    pool.release(w)
+    assert w.failed == 0

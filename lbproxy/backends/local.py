@@ -7,20 +7,26 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import Config
+from ..paths import endpoint_file
 from .base import StartFailed, WorkerAddress, WorkerEvents
 from .gpus import GpuSlices, visible_gpus
+from .leftovers import WorkerRecord
 
 log = logging.getLogger("lbproxy.backend.local")
 worker_log = logging.getLogger("lbproxy.worker")
 
 _LOOPBACK = "127.0.0.1"
+GUARD = str(Path(__file__).with_name("guard.py"))
+GUARD_TIMEOUT = 10.0  # for the guard to fork the worker and say its pid
 
 
 def free_port() -> int:
@@ -33,13 +39,16 @@ def free_port() -> int:
 @dataclass(eq=False)
 class _Process:
     id: str
-    proc: asyncio.subprocess.Process
+    proc: asyncio.subprocess.Process  # the guard, leader of the worker's process group
+    pid: int  # the worker itself (the guard's child)
+    lifeline: socket.socket  # while lbproxy holds it open, the guard lets the worker run
     tasks: tuple[asyncio.Task[None], ...] = ()
     stopping: bool = False
 
 
 class LocalBackend:
-    """Starts ``worker.command`` once per worker in its own session (process group)."""
+    """Starts ``worker.command`` once per worker in its own session (process group), under a guard that stops
+    the group if lbproxy dies (``guard.py``); a state file lets the next start stop what a crash left."""
 
     def __init__(
         self, config: Config, events: WorkerEvents, environ: Mapping[str, str] | None = None
@@ -58,6 +67,8 @@ class LocalBackend:
         # so that `python3 worker.py` works right after `pip install lbproxy` in a virtualenv.
         path = os.pathsep.join([os.path.dirname(sys.executable), environ.get("PATH", os.defpath)])
         self._env = {**environ, **config.worker.env, "PATH": path}
+        self._record = WorkerRecord(endpoint_file(config.name, "workers.json", environ))
+        self._record_opened = False
         self._processes: dict[str, _Process] = {}
         self._seq = 0
         self._gpus: GpuSlices | None = None
@@ -77,7 +88,17 @@ class LocalBackend:
                 )
             self._gpus = GpuSlices(visible, gpus)
 
+    async def clean_up_leftovers(self) -> None:
+        """Stop the workers an earlier lbproxy of this endpoint left behind (a crash), before starting any."""
+        self._record_opened = True
+        stopped = await asyncio.get_running_loop().run_in_executor(None, self._record.open, self._grace)
+        if stopped:
+            log.warning("stopped %d process(es) left running by an earlier lbproxy of this endpoint (pids %s)",
+                        len(stopped), ", ".join(map(str, stopped)))
+
     async def start_worker(self) -> None:
+        if not self._record_opened:
+            await self.clean_up_leftovers()
         self._seq += 1
         wid = f"{self._prefix}-{self._seq}-{secrets.token_hex(2)}"
         port = free_port()
@@ -89,24 +110,57 @@ class LocalBackend:
                 raise StartFailed("every GPU slice is in use")
             env["CUDA_VISIBLE_DEVICES"] = devices
         try:
+            proc, pid, lifeline = await self._spawn(env)
+        except StartFailed:
+            if self._gpus is not None:
+                self._gpus.give_back(wid)
+            raise
+        p = _Process(wid, proc, pid, lifeline)
+        self._processes[wid] = p
+        self._record.started(wid, proc.pid)
+        log.info("worker %s started: pid %d, port %d, health port %d", wid, pid, port, health)
+        self._events.worker_added(WorkerAddress(wid, _LOOPBACK, port, health))
+        p.tasks = (asyncio.create_task(self._pump_output(p)), asyncio.create_task(self._watch(p)))
+
+    async def _spawn(self, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, int, socket.socket]:
+        """The guard (a new session: the worker's process group) and, through it, the worker; its pid comes back
+        on the lifeline."""
+        if shutil.which(self._argv[0], path=env["PATH"]) is None:
+            raise StartFailed(f"worker.command {self._argv[0]!r} could not start: no such executable")
+        ours, theirs = socket.socketpair()
+        try:
             proc = await asyncio.create_subprocess_exec(
-                *self._argv,
+                sys.executable, "-S", GUARD, str(theirs.fileno()), str(self._grace), "--", *self._argv,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop reaches the worker's children too
+                pass_fds=(theirs.fileno(),),
                 limit=1 << 20,
             )
         except OSError as exc:
-            if self._gpus is not None:
-                self._gpus.give_back(wid)
+            ours.close()
             raise StartFailed(f"worker.command {self._argv[0]!r} could not start: {exc.strerror or exc}") from exc
-        p = _Process(wid, proc)
-        self._processes[wid] = p
-        log.info("worker %s started: pid %d, port %d, health port %d", wid, proc.pid, port, health)
-        self._events.worker_added(WorkerAddress(wid, _LOOPBACK, port, health))
-        p.tasks = (asyncio.create_task(self._pump_output(p)), asyncio.create_task(self._watch(p)))
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        line = b""
+        try:
+            async with asyncio.timeout(GUARD_TIMEOUT):
+                while not line.endswith(b"\n"):
+                    data = await asyncio.get_running_loop().sock_recv(ours, 64)
+                    if not data:
+                        break
+                    line += data
+            pid = int(line)
+        except (TimeoutError, ValueError, OSError):
+            ours.close()
+            _killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise StartFailed(f"worker.command {self._argv[0]!r} could not start: its guard process did not "
+                              f"start it (said {line!r})") from None
+        return proc, pid, ours
 
     async def _pump_output(self, p: _Process) -> None:
         stream = p.proc.stdout
@@ -126,10 +180,12 @@ class LocalBackend:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(p.tasks[0]), 1.0)
         self._processes.pop(p.id, None)
+        p.lifeline.close()
+        self._record.exited(p.id)
         if self._gpus is not None:
             self._gpus.give_back(p.id)
         reason = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
-        log.info("worker %s (pid %d) exited: %s", p.id, p.proc.pid, reason)
+        log.info("worker %s (pid %d) exited: %s", p.id, p.pid, reason)
         self._events.worker_exited(p.id, reason)
 
     async def stop_worker(self, worker_id: str) -> bool:
@@ -151,6 +207,7 @@ class LocalBackend:
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop_worker(wid) for wid in list(self._processes)))
+        self._record.close()
 
     @property
     def pending_starts(self) -> int:
@@ -158,11 +215,11 @@ class LocalBackend:
 
     def describe(self, worker_id: str) -> dict[str, object]:
         p = self._processes.get(worker_id)
-        return {"pid": p.proc.pid} if p is not None else {}
+        return {"pid": p.pid, "process_group": p.proc.pid} if p is not None else {}
 
     @property
     def pids(self) -> list[int]:
-        return [p.proc.pid for p in self._processes.values()]
+        return [p.pid for p in self._processes.values()]
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:

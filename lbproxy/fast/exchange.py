@@ -17,7 +17,7 @@ from .. import errors
 from ..errors import ProxyError
 from ..policy import WorkerState
 from ..pool import NoWorkerInTime, QueueFull, ShuttingDown, Worker, WorkerGone
-from ..proxy import MAX_CONNECT_RETRIES, RETRY_AFTER_SECONDS
+from ..proxy import MAX_CONNECT_RETRIES
 from ..routing import parse_affinity
 from ..sockets import out_of_descriptors, reset
 from . import framing
@@ -32,7 +32,6 @@ log = logging.getLogger("lbproxy.fast")
 # Request bytes held while no worker connection is ready yet; above it the client is not read.
 BODY_BUFFER = 64 * 1024
 BODY_FLAG = 2  # ClientConnection.block(): the request body cannot go anywhere right now
-_RETRY_NO_WORKER = ((b"Retry-After", RETRY_AFTER_SECONDS.encode()),)
 _RETRY_SOON = ((b"Retry-After", b"1"),)
 _UNAUTHORIZED = ((b"WWW-Authenticate", b"Bearer"),)
 # Sent again once when a reused worker connection fails before answering (RFC 9110 9.2.2).
@@ -45,10 +44,9 @@ Details = dict[str, object]
 
 class Exchange:
     __slots__ = ("attempt", "body", "buffered", "chunked", "client_keep", "close_after", "conn", "deadline",
-                 "error", "expect_continue", "handoff", "head_request", "http10", "keep_alive", "method", "mode",
-                 "out", "preferred", "received", "request_done", "resend", "resend_by", "rid", "server", "started",
-                 "state", "status",
-                 "strict", "tail", "task", "upstream", "url", "worker", "worker_id")
+                 "error", "expect_continue", "failed", "handoff", "head_request", "http10", "keep_alive", "method",
+                 "mode", "out", "preferred", "received", "request_done", "resend", "resend_by", "rid", "server",
+                 "started", "state", "status", "strict", "tail", "task", "upstream", "url", "worker", "worker_id")
 
     def __init__(self, conn: ClientConnection, started: float, method: bytes, url: bytes, http10: bool,
                  keep_alive: bool) -> None:
@@ -86,6 +84,7 @@ class Exchange:
         self.client_keep = False
         self.resend: bytes | None = None  # the whole request, while it may be sent once more (see upstream_failed)
         self.resend_by = 0.0  # ... until then
+        self.failed = False  # the worker failed this request (counted on it for the log of its exit)
 
     # -- the request head ------------------------------------------------------------------------
 
@@ -159,10 +158,13 @@ class Exchange:
         except QueueFull:
             self.task = None
             return self._answer(errors.QUEUE_FULL, queued=server.pool.queued)
-        except NoWorkerInTime:
-            server.metrics.observe_wait(monotonic() - queued_at)
+        except NoWorkerInTime as exc:
+            waited = monotonic() - queued_at
+            server.metrics.observe_wait(waited)
             self.task = None
-            return self._answer(errors.NO_WORKER, _RETRY_NO_WORKER, wait=server.wait_timeout)
+            detail, retry = errors.no_worker(exc.why, exc.retry_after,
+                                             server.wait_timeout if waited >= server.wait_timeout else None)
+            return self._answer(errors.NO_WORKER, ((b"Retry-After", b"%d" % retry),), detail=detail)
         except ShuttingDown:
             self.task = None
             return self._answer(errors.SHUTTING_DOWN, _RETRY_SOON)
@@ -384,6 +386,7 @@ class Exchange:
     # -- endings ---------------------------------------------------------------------------------
 
     def _worker_failed(self, exc: BaseException) -> None:
+        self.failed = True
         w = self.worker
         c = self.upstream
         if (self.status == 0 and w is not None and w.state is WorkerState.READY and self.state is not DONE
@@ -456,7 +459,7 @@ class Exchange:
         w = self.worker
         if w is not None:
             self.worker = None
-            self.server.pool.release(w)
+            self.server.pool.release(w, self.failed)
 
 
 def _describe(exc: BaseException) -> str:

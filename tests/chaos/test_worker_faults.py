@@ -172,3 +172,35 @@ async def test_crash_looping_worker_backs_off_exponentially_and_status_says_why(
     r = await client.get(ep.url + "/echo")
     assert r.status_code == 503 and error_of(r) == "no_worker"
     assert ep.proc.poll() is None
+
+
+@pytest.mark.slow
+async def test_a_worker_never_ready_is_a_failed_start_and_a_waiting_client_learns_why(start_endpoint, client):
+    """Issue 10: a worker whose /ping stays 204 was replaced every timeouts.init with no back-off, /status said
+    failed_starts_in_a_row: 0, and a waiting client learnt nothing."""
+    ep = await start_endpoint(workers={"max": 1}, timeouts={"init": "1s", "wait": "30s"},
+                              worker={"env": {"ECHO_NEVER_READY": "1"}})
+    started = time.monotonic()
+    r = await client.get(ep.url + "/echo", timeout=40)
+    assert r.status_code == 503 and error_of(r) == "no_worker"
+    # Two failed starts (1 s each, 1 s back-off between): then it fails at once, long before timeouts.wait.
+    assert time.monotonic() - started < 15
+    message = r.json()["message"]
+    assert "workers are failing to start (2 in a row)" in message, message
+    assert "not ready within timeouts.init (1s) (last: /ping 204 (initializing))" in message, message
+    assert 1 <= int(r.headers["retry-after"]) <= 5  # the back-off left, not a made-up 5
+    status = await ep.status()
+    assert status["scaling"]["failed_starts_in_a_row"] >= 2
+    assert "not ready within timeouts.init" in status["scaling"]["last_start_failure"]
+    assert re.search(r"2 failed start\(s\) in a row, next start in 2s", ep.log())
+
+
+@pytest.mark.slow
+async def test_a_crash_loop_answers_waiting_clients_at_once_with_the_crash(start_endpoint, client):
+    ep = await start_endpoint(workers={"max": 1}, timeouts={"wait": "60s"},
+                              worker={"env": {"ECHO_CRASH_AT_START": "1"}})
+    started = time.monotonic()
+    r = await client.get(ep.url + "/echo", timeout=70)
+    assert time.monotonic() - started < 15, "the client must not wait out timeouts.wait (60s)"
+    assert r.status_code == 503 and error_of(r) == "no_worker"
+    assert "exited before it was ready (exit code 3)" in r.json()["message"]
