@@ -1,4 +1,4 @@
-"""Echo worker: a tiny HTTP worker honouring the lbproxy worker contract (DESIGN.md section 3).
+"""Echo worker: a tiny HTTP worker honouring the lbproxy worker contract (README "The worker contract").
 
 Used by the tests and the examples to exercise every proxy feature. Only stdlib + aiohttp.
 
