@@ -335,7 +335,7 @@ async def test_watch_without_resource_version_starts_with_synthetic_added(emulat
     await core.create_namespaced_pod("default", pod("old", {"app": "web"}))
 
     async def later() -> None:
-        await asyncio.sleep(0.2)
+        await emulator.wait_watches(1)
         await core.create_namespaced_pod("default", pod("new", {"app": "web"}))
 
     task = asyncio.create_task(later())
@@ -399,17 +399,17 @@ async def test_watch_gets_bookmarks_when_it_allows_them(emulator: KubeEmulator, 
 async def test_dropped_watch_stream(emulator: KubeEmulator, core: client.CoreV1Api) -> None:
     await core.create_namespaced_pod("default", pod("a"))
 
-    async def drop(abrupt: bool) -> None:
-        await asyncio.sleep(0.3)
+    async def drop(abrupt: bool, watches: int) -> None:
+        await emulator.wait_watches(watches)
         emulator.drop_watches(abrupt=abrupt)
 
     # A clean end of the stream ends a finite watch quietly...
-    task = asyncio.create_task(drop(abrupt=False))
+    task = asyncio.create_task(drop(abrupt=False, watches=1))
     assert await watch_events(core.list_namespaced_pod, "default", timeout_seconds=30) == [("ADDED", "a")]
     await task
     # ...and a connection reset surfaces as aiohttp's ClientPayloadError (the client does not retry it, not even
     # when watching forever).
-    task = asyncio.create_task(drop(abrupt=True))
+    task = asyncio.create_task(drop(abrupt=True, watches=2))
     with pytest.raises(aiohttp.ClientPayloadError):
         await watch_events(core.list_namespaced_pod, "default", timeout_seconds=30)
     await task
