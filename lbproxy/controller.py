@@ -192,7 +192,7 @@ class Controller:
                 log.warning("replacing worker %s: %s", wid, why)
                 self.metrics.scaled("down", "replace")
                 self.pool.set_state(w, WorkerState.STOPPING, why)
-                self._spawn(self._stop(wid))
+                self._spawn(self._stop(wid, kept_as=WorkerState.UNHEALTHY))
         for wid in d.drain:
             w = self.pool.get(wid)
             if w is not None:
@@ -242,7 +242,9 @@ class Controller:
     def peer_in_flight(self, worker_id: str) -> int:
         return sum(n for load in self.peer_loads() for wid, n, _ in load.workers if wid == worker_id)
 
-    async def _stop(self, worker_id: str) -> bool:
+    async def _stop(self, worker_id: str, kept_as: WorkerState = WorkerState.READY) -> bool:
+        """Stop the worker; when the backend cannot, it is kept ``kept_as``: a drained worker serves again, one
+        being replaced (never ready, or unhealthy) gets no requests and is replaced after the unhealthy grace."""
         assert self.backend is not None
         self.prober.forget(worker_id)
         try:
@@ -251,7 +253,7 @@ class Controller:
             log.error("could not stop worker %s: %s", worker_id, exc)
             w = self.pool.get(worker_id)
             if w is not None and w.state is WorkerState.STOPPING:
-                self.pool.set_state(w, WorkerState.READY, "stop failed; kept", force=True)
+                self.pool.set_state(w, kept_as, "stop failed; kept", force=True)
                 self.prober.watch(w)
             return False
 

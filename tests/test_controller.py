@@ -241,3 +241,14 @@ async def test_a_failed_stop_keeps_the_drained_worker_and_the_next_drain_stops_i
     await r.clock.advance(IDLE)  # idle for another timeouts.idle since it was kept
     assert r.backend.live == []
 
+
+async def test_a_worker_not_ready_in_time_whose_stop_fails_is_not_routed_to(rig):
+    r = rig(active=1, max=1, init_timeout=30.0)
+    await r.lead()
+    r.backend.stop_error = "scaling test to 0: connection refused"
+    await r.clock.advance(30)
+    # Never ready, and the stop failed: it is replaced once the API answers, and no request goes to it meanwhile.
+    assert r.backend.live == ["w1"] and r.state("w1") is WorkerState.UNHEALTHY and not r.in_rotation("w1")
+    r.backend.stop_error = None
+    await r.clock.advance(r.controller.settings.unhealthy_grace)
+    assert "w1" not in r.backend.live
