@@ -472,12 +472,18 @@ async def test_library_lease_lock_cannot_create_its_lease(api: client.ApiClient)
 async def test_one_candidate_leads_and_the_other_takes_over(emulator: KubeEmulator,
                                                            new_client: ClientFactory) -> None:
     leading: list[str] = []
+    # The library runs on_started as a task of its own, and does not cancel it when run() is cancelled
+    # (lbproxy's KubeClient.lead does): the test cancels them itself.
+    leaders: list[asyncio.Task[Any]] = []
 
     async def candidate(identity: str) -> None:
         lock = CreatingLeaseLock("lbproxy-leader", "default", identity, await new_client())
 
         async def on_started() -> None:
             leading.append(identity)
+            task = asyncio.current_task()
+            assert task is not None
+            leaders.append(task)
             await asyncio.Event().wait()
 
         async def on_stopped() -> None:
@@ -502,9 +508,9 @@ async def test_one_candidate_leads_and_the_other_takes_over(emulator: KubeEmulat
         lease = emulator.get("leases", "default", "lbproxy-leader")
         assert lease is not None and lease["spec"]["holderIdentity"] == other
     finally:
-        for task in tasks.values():
+        for task in [*tasks.values(), *leaders]:
             task.cancel()
-        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks.values(), *leaders, return_exceptions=True)
     assert not any(t.done() and not t.cancelled() for t in tasks.values())
     lease_path = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
     calls = {(m, p) for m, p in emulator.requests if p.startswith(lease_path)}
