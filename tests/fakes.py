@@ -36,6 +36,11 @@ class VirtualClock:
     def __call__(self) -> float:
         return self.now
 
+    @property
+    def sleeping(self) -> int:
+        """How many sleeps are under way (tasks waiting for virtual time to pass)."""
+        return sum(1 for _, _, future in self._sleepers if not future.done())
+
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:
             await asyncio.sleep(0)
