@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .backends.base import Backend, StartFailed, WorkerAddress
@@ -23,6 +23,7 @@ from .pool import Worker, WorkerPool
 log = logging.getLogger("lbproxy.controller")
 
 TICK = 1.0
+PEER_POLL = 0.1  # how often a drained worker's in-flight count on the other replicas is looked at again
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 # Failed starts in a row after which requests no ready worker can take fail at once (503 with the reason)
@@ -41,12 +42,14 @@ class Controller:
         prober: HealthProber,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.prober = prober
         self.metrics = metrics
-        self.clock = clock
+        self.clock = clock  # the pool's clock too: the policy compares the two
+        self.sleep = sleep  # tests pass a virtual one, with the clock
         self.backend: Backend | None = None
         self.decisions: deque[dict[str, Any]] = deque(maxlen=20)
         self.failed_starts = 0
@@ -145,15 +148,26 @@ class Controller:
                     await self._apply(decision)
                 self._tell_pool()
                 wait = TICK if decision.recheck_after is None else min(TICK, max(decision.recheck_after, 0.01))
-                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation (shutdown) that comes in
-                # the same loop turn as the event, and the controller would then never stop.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await changed.wait()
+                await self._changed_or_slept(changed, wait)
         finally:
             self.leading = False
             for task in list(self._tasks):  # drains of a lost leadership: the next leader decides anew
                 task.cancel()
+
+    async def _changed_or_slept(self, changed: asyncio.Event, seconds: float) -> None:
+        """Return once the pool changed, or after ``seconds`` of ``self.sleep``.
+
+        Not wait_for: on 3.11 it drops a cancellation (shutdown) that comes in the same loop turn as the event,
+        and the controller would then never stop. asyncio.wait lets every cancellation through.
+        """
+        woken = asyncio.ensure_future(changed.wait())
+        timer = asyncio.ensure_future(self.sleep(seconds))
+        try:
+            await asyncio.wait((woken, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            timer.cancel()
+            await asyncio.gather(woken, timer, return_exceptions=True)  # leave no task behind
 
     async def _adopt_drains(self, backend: Backend) -> None:
         """A new leader returns to rotation the workers an earlier leader was draining."""
@@ -178,7 +192,7 @@ class Controller:
                 log.warning("replacing worker %s: %s", wid, why)
                 self.metrics.scaled("down", "replace")
                 self.pool.set_state(w, WorkerState.STOPPING, why)
-                self._spawn(self._stop(wid))
+                self._spawn(self._stop(wid, kept_as=WorkerState.UNHEALTHY))
         for wid in d.drain:
             w = self.pool.get(wid)
             if w is not None:
@@ -213,8 +227,8 @@ class Controller:
                 self.prober.watch(w)
                 return
             await drained.wait()  # never stop a worker that still serves a request ...
-            while self.peer_in_flight(w.id):  # noqa: ASYNC110 - on any replica; their counts arrive by polling
-                await asyncio.sleep(0.1)
+            while self.peer_in_flight(w.id):  # on any replica; their counts arrive by polling
+                await self.sleep(PEER_POLL)
             self.pool.set_state(w, WorkerState.STOPPING, "drained")
             if not await self._stop(w.id) and w.state is WorkerState.STOPPING:
                 # Another worker went instead (the ReplicaSet chose): this one is idle and healthy, so it serves.
@@ -228,7 +242,9 @@ class Controller:
     def peer_in_flight(self, worker_id: str) -> int:
         return sum(n for load in self.peer_loads() for wid, n, _ in load.workers if wid == worker_id)
 
-    async def _stop(self, worker_id: str) -> bool:
+    async def _stop(self, worker_id: str, kept_as: WorkerState = WorkerState.READY) -> bool:
+        """Stop the worker; when the backend cannot, it is kept ``kept_as``: a drained worker serves again, one
+        being replaced (never ready, or unhealthy) gets no requests and is replaced after the unhealthy grace."""
         assert self.backend is not None
         self.prober.forget(worker_id)
         try:
@@ -237,7 +253,7 @@ class Controller:
             log.error("could not stop worker %s: %s", worker_id, exc)
             w = self.pool.get(worker_id)
             if w is not None and w.state is WorkerState.STOPPING:
-                self.pool.set_state(w, WorkerState.READY, "stop failed; kept", force=True)
+                self.pool.set_state(w, kept_as, "stop failed; kept", force=True)
                 self.prober.watch(w)
             return False
 
