@@ -56,6 +56,7 @@ class Controller:
         self.blocked_until = 0.0
         self.last_failure = ""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._failed_workers: set[str] = set()  # workers counted as failed starts (each once)
         self._draining: set[str] = set()  # drains this controller started (others come from the leader)
         self.peer_loads: Callable[[], tuple[PeerLoad, ...]] = tuple
         self.leading = False
@@ -100,12 +101,13 @@ class Controller:
         if not expected:
             self.metrics.worker_exits.labels(self.metrics.endpoint).inc()
             if w.ready_at is None:
-                self._start_failed(f"worker {worker_id} exited before it was ready ({reason})")
+                self._start_failed(f"worker {worker_id} exited before it was ready ({reason})", worker_id)
             else:
                 # Its requests usually fail (connection reset) before the exit is reported: count those too.
                 log.warning("worker %s exited unexpectedly (%s) with %d request(s) in flight",
                             worker_id, reason, w.in_flight + w.failed)
         self.pool.set_state(w, WorkerState.EXITED, reason)
+        self._failed_workers.discard(worker_id)
 
     def _state_changed(self, w: Worker, old: WorkerState) -> None:
         if w.state is WorkerState.READY and old is WorkerState.STARTING:
@@ -124,7 +126,13 @@ class Controller:
         self.pool.set_trouble(why, self.blocked_until,
                               fail_fast=self.failed_starts >= FAIL_FAST_AFTER and self.clock() < self.blocked_until)
 
-    def _start_failed(self, why: str) -> None:
+    def _start_failed(self, why: str, worker_id: str | None = None) -> None:
+        """One more failed start; a worker counts once, however many ways it fails (never ready, then its stop
+        fails, then it is replaced as unhealthy or exits)."""
+        if worker_id is not None:
+            if worker_id in self._failed_workers:
+                return
+            self._failed_workers.add(worker_id)
         self.failed_starts += 1
         delay = min(BACKOFF_FIRST * 2 ** (self.failed_starts - 1), BACKOFF_MAX)
         self.blocked_until = self.clock() + delay
@@ -188,7 +196,7 @@ class Controller:
             if w is not None:
                 if w.ready_at is None:  # never ready (timeouts.init): a failed start, backed off like a crash
                     last = f" (last: {w.reason})" if w.reason else ""
-                    self._start_failed(f"worker {wid} {why}{last}")
+                    self._start_failed(f"worker {wid} {why}{last}", wid)
                 log.warning("replacing worker %s: %s", wid, why)
                 self.metrics.scaled("down", "replace")
                 self.pool.set_state(w, WorkerState.STOPPING, why)
@@ -230,12 +238,16 @@ class Controller:
             while self.peer_in_flight(w.id):  # on any replica; their counts arrive by polling
                 await self.sleep(PEER_POLL)
             self.pool.set_state(w, WorkerState.STOPPING, "drained")
-            if not await self._stop(w.id) and w.state is WorkerState.STOPPING:
-                # Another worker went instead (the ReplicaSet chose): this one is idle and healthy, so it serves.
-                with contextlib.suppress(StartFailed):
+            if not await self._stop(w.id):
+                if w.state is WorkerState.STOPPING:
+                    # Another worker went instead (the ReplicaSet chose): this one is idle and healthy: it serves.
+                    self.pool.set_state(w, WorkerState.READY, "kept: another worker was stopped instead", force=True)
+                    self.prober.watch(w)
+                # Kept (either way): the other replicas route to it again too, or it would serve this one only.
+                try:
                     await self.backend.mark_draining(w.id, False)
-                self.pool.set_state(w, WorkerState.READY, "kept: another worker was stopped instead", force=True)
-                self.prober.watch(w)
+                except StartFailed as exc:
+                    log.warning("could not take back the drain mark of worker %s: %s", w.id, exc)
         finally:
             self._draining.discard(w.id)
 

@@ -237,6 +237,7 @@ async def test_a_failed_stop_keeps_the_drained_worker_and_the_next_drain_stops_i
     r.backend.stop_error = "scaling test to 0: connection refused"
     await r.clock.advance(IDLE)
     assert r.backend.live == [w.id] and r.in_rotation(w.id) and w.id in r.prober.probing
+    assert r.backend.announced[-2:] == [(w.id, True), (w.id, False)]  # other replicas route to it again too
     r.backend.stop_error = None
     await r.clock.advance(IDLE)  # idle for another timeouts.idle since it was kept
     assert r.backend.live == []
@@ -252,3 +253,4 @@ async def test_a_worker_not_ready_in_time_whose_stop_fails_is_not_routed_to(rig)
     r.backend.stop_error = None
     await r.clock.advance(r.controller.settings.unhealthy_grace)
     assert "w1" not in r.backend.live
+    assert r.controller.failed_starts == 1  # one worker, one failed start: not again when replaced as unhealthy
