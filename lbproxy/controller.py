@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -56,6 +57,10 @@ class Controller:
         self._draining: set[str] = set()  # drains this controller started (others come from the leader)
         self.peer_loads: Callable[[], tuple[PeerLoad, ...]] = tuple
         self.leading = False
+        self.start_failures: deque[dict[str, Any]] = deque(maxlen=20)
+        # cost.max_per_hour: (starts wanted, starts accepted but not reported) -> (starts allowed, why not all)
+        self.limit_starts: Callable[[int, int], tuple[int, str | None]] = lambda wanted, pending: (wanted, None)
+        self.capped_reason: str | None = None  # why scaling is held back by the spend limit now, if it is
         pool.on_state_change(self._state_changed)
 
     # -- worker events from the backend ------------------------------------------------------------
@@ -126,6 +131,7 @@ class Controller:
         delay = min(BACKOFF_FIRST * 2 ** (self.failed_starts - 1), BACKOFF_MAX)
         self.blocked_until = self.clock() + delay
         self.last_failure = why
+        self.start_failures.append({"at": time.time(), "reason": why})
         log.error("%s; %d failed start(s) in a row, next start in %.0fs", why, self.failed_starts, delay)
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -141,6 +147,7 @@ class Controller:
                 changed.clear()
                 snap = self.pool.snapshot(self.blocked_until, backend.pending_starts)
                 decision = decide(merge_peer_load(snap, self.peer_loads()), self.settings)
+                decision = self._within_spend_limit(decision, backend.pending_starts)
                 if decision.changes_anything:
                     await self._apply(decision)
                 self._tell_pool()
@@ -154,6 +161,19 @@ class Controller:
             self.leading = False
             for task in list(self._tasks):  # drains of a lost leadership: the next leader decides anew
                 task.cancel()
+
+    def _within_spend_limit(self, d: Decision, pending_starts: int) -> Decision:
+        """Start only the workers cost.max_per_hour allows; the requests that wanted the others queue."""
+        allowed, why = self.limit_starts(d.start, pending_starts) if d.start else (0, None)
+        if why != self.capped_reason:
+            if why is not None:
+                log.warning("scaling capped: %s", why)
+                self.decisions.append({"at": time.time(), "desired": d.desired, "start": allowed, "drain": [],
+                                       "stop": [], "reason": why})
+            else:
+                log.info("scaling no longer capped by cost.max_per_hour")
+            self.capped_reason = why
+        return d if allowed == d.start else dataclasses.replace(d, start=allowed)
 
     async def _adopt_drains(self, backend: Backend) -> None:
         """A new leader returns to rotation the workers an earlier leader was draining."""

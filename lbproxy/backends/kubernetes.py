@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..config import Config
@@ -54,6 +55,7 @@ class _Pod:
     draining: bool = False
     unschedulable_since: float | None = None
     reason: str = ""
+    started_at: float | None = None  # status.startTime (unix time): its GPU is billed from then
 
 
 class KubernetesBackend:
@@ -345,6 +347,9 @@ class KubernetesBackend:
                                                    pool.rank if pool else len(self.pools)))
         pod.phase = phase
         pod.node = spec.get("nodeName", "") or ""
+        if pod.started_at is None and status.get("startTime"):
+            with contextlib.suppress(ValueError, TypeError):
+                pod.started_at = datetime.fromisoformat(status["startTime"]).timestamp()
         unschedulable = any(c.get("type") == "PodScheduled" and c.get("status") == "False"
                             and c.get("reason") == "Unschedulable" for c in status.get("conditions") or ())
         if unschedulable and pod.unschedulable_since is None:
@@ -470,6 +475,8 @@ class KubernetesBackend:
         if pod is None:
             return {}
         out: dict[str, object] = {"pod": pod.name, "pool": pod.pool, "phase": pod.phase, "node": pod.node}
+        if pod.started_at is not None:
+            out["started_at"] = pod.started_at
         if pod.unschedulable_since is not None:
             out["unschedulable_seconds"] = round(self.clock() - pod.unschedulable_since, 1)
         return out
