@@ -24,10 +24,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .billing import UNPRICED, Ledger, Phase, Rate, Tariff, Tier, Totals, phase_for
+from .billing import UNPRICED, Ledger, Phase, Tier, Totals, phase_for
 from .config import Config
 from .policy import WorkerState
 from .pool import Worker, WorkerPool
+from .prices import tariff_for
 from .spend import starts_within_limit
 
 log = logging.getLogger("lbproxy.cost")
@@ -36,27 +37,6 @@ SAVE_EVERY = 30.0
 ADOPTED_AFTER = 5.0  # a pod that started this long before the pool saw it ran before this process did
 CARRY_CHECKPOINTS = 300.0  # how long a loaded pod checkpoint waits for its pod to be listed again
 STATE_VERSION = 1
-CUSTOM = "custom"  # the category label of workers priced by cost.price_per_second alone
-
-
-def tariff_for(config: Config) -> tuple[Tariff, str, str]:
-    """Prices per category label, the label of workers no pool names, and the label new workers are priced
-    at for the spend limit (the dearest category they may land in: GPU fallback moves pods between pools)."""
-    gpus = max(1, config.workers.gpus)
-    cost = config.cost
-    catalog = config.gpu.effective_catalog()
-    if cost.price_per_second is not None:
-        price = cost.price_per_second
-        active = cost.active_price_per_second if cost.active_price_per_second is not None else price
-        rate = Rate(price, active)
-        rates = {cid: rate for cid in catalog} | {CUSTOM: rate}
-    else:
-        rates = {cid: Rate(c.flex_price_per_s * gpus, c.active_price_per_s * gpus) for cid, c in catalog.items()}
-    default = cost.category or (CUSTOM if cost.price_per_second is not None else UNPRICED)
-    new = default
-    if config.backend.type == "kubernetes" and config.gpu.categories:
-        new = max(config.gpu.categories, key=lambda cid: rates[cid].flex)
-    return Tariff(rates), default, new
 
 
 class CostMeter:

@@ -14,10 +14,11 @@ import pytest
 from lbproxy.billing import UNPRICED, Phase, Tier
 from lbproxy.config import ConfigError, parse_config
 from lbproxy.controller import Controller
-from lbproxy.cost import CUSTOM, SAVE_EVERY, CostMeter, tariff_for
+from lbproxy.cost import SAVE_EVERY, CostMeter
 from lbproxy.metrics import Metrics
 from lbproxy.policy import Decision, ScalingSettings, WorkerState
 from lbproxy.pool import WorkerPool
+from lbproxy.prices import CUSTOM, tariff_for
 
 from .test_pool import FakeClock
 
