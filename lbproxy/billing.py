@@ -43,6 +43,10 @@ __all__ = [
 
 
 class Phase(StrEnum):
+    # Hashed as the str it equals, in C: Enum's own __hash__ is Python code, and the request path (busy <->
+    # idle) hashes a (tier, phase) key on every change.
+    __hash__ = str.__hash__
+
     START = "start"
     BUSY = "busy"
     IDLE = "idle"
@@ -51,9 +55,17 @@ class Phase(StrEnum):
 
 
 class Tier(StrEnum):
+    __hash__ = str.__hash__  # as Phase
+
     ACTIVE = "active"
     FLEX = "flex"
 
+
+# Enum members read through the class cost hundreds of nanoseconds each on Python 3.11; the request path
+# (busy <-> idle) reads these module constants instead.
+_BUSY, _IDLE, _START, _STOPPING = Phase.BUSY, Phase.IDLE, Phase.START, Phase.STOPPING
+_EXITED, _STARTING = WorkerState.EXITED, WorkerState.STARTING
+_LEAVING = frozenset({WorkerState.DRAINING, WorkerState.STOPPING})
 
 UNPRICED = "none"
 """The category label of workers that have no price (no GPU category and no `cost.price_per_second`)."""
@@ -87,15 +99,15 @@ def phase_for(state: WorkerState, in_flight: int) -> Phase | None:
 
     Serving is busy whatever the state (a draining worker may still finish a request).
     """
-    if state is WorkerState.EXITED:
+    if state is _EXITED:
         return None
     if in_flight > 0:
-        return Phase.BUSY
-    if state is WorkerState.STARTING:
-        return Phase.START
-    if state in (WorkerState.DRAINING, WorkerState.STOPPING):
-        return Phase.STOPPING
-    return Phase.IDLE  # ready or unhealthy with nothing in flight: billed, serving nothing
+        return _BUSY
+    if state is _STARTING:
+        return _START
+    if state in _LEAVING:
+        return _STOPPING
+    return _IDLE  # ready or unhealthy with nothing in flight: billed, serving nothing
 
 
 Key = tuple[str, Tier, Phase]  # (category, tier, phase)
@@ -241,13 +253,18 @@ class _Open:
     tier: Tier = Tier.FLEX
     seconds: dict[tuple[Tier, Phase], float] = field(default_factory=dict)  # closed segments
     busy: float = 0.0
-    dollars: float = 0.0
 
     def elapsed(self, at: float) -> float:
         return max(0.0, at - self.since)
 
     def price(self) -> float:
         return self.rate.of(self.tier) if self.rate is not None else 0.0
+
+    def dollars(self, at: float) -> float:
+        """Dollars so far: each tier's seconds at that tier's price (computed here, not per segment)."""
+        if self.rate is None:
+            return 0.0
+        return sum(s * self.rate.of(t) for (t, _), s in self.seconds.items()) + self.elapsed(at) * self.price()
 
 
 def active_workers(workers: Iterable[tuple[str, float, bool]], active: int) -> set[str]:
@@ -298,10 +315,10 @@ class Ledger:
         w = self._open.get(worker_id)
         if w is None or w.phase is phase:
             return
-        leaving = (w.phase is Phase.STOPPING) != (phase is Phase.STOPPING)
+        old = w.phase
         self._segment(w, at)
         w.phase = phase
-        if leaving:
+        if old is _STOPPING or phase is _STOPPING:  # leaving or back: who is active may change
             self._assign_tiers(at)
 
     def close(self, worker_id: str, at: float) -> WorkerBill | None:
@@ -322,8 +339,7 @@ class Ledger:
         self._ideal_seconds += w.busy
         self._ideal_dollars += w.busy * w.rate.flex if w.rate else 0.0
         self._workers += 1
-        dollars = sum(s * w.rate.of(t) for (t, _), s in w.seconds.items()) if w.rate else 0.0
-        bill = WorkerBill(w.id, w.category, w.tier, w.phase, raw, billed, dollars, 0.0)
+        bill = WorkerBill(w.id, w.category, w.tier, w.phase, raw, billed, w.dollars(at), 0.0)
         self._assign_tiers(at)
         return bill
 
@@ -351,7 +367,7 @@ class Ledger:
             return None
         raw = sum(w.seconds.values()) + w.elapsed(at)
         return WorkerBill(w.id, w.category, w.tier, w.phase, raw, math.ceil(raw - _EPSILON) if raw > _EPSILON
-                          else 0, w.dollars + w.elapsed(at) * w.price(), w.price())
+                          else 0, w.dollars(at), w.price())
 
     def rate_per_second(self) -> float:
         """What the open workers cost per second now."""
@@ -372,17 +388,16 @@ class Ledger:
     # -- internals -------------------------------------------------------------------------------
 
     def _segment(self, w: _Open, at: float) -> None:
-        """Close the worker's current segment at ``at`` and start the next one there."""
-        dt = w.elapsed(at)
-        if dt:
+        """Close the worker's current segment at ``at`` and start the next one there. On the request path
+        (busy <-> idle), so it only adds seconds; dollars are worked out when read."""
+        dt = at - w.since
+        if dt > 0:  # an earlier ``at`` (a clock that went back) adds nothing and keeps the segment's start
             key = (w.tier, w.phase)
-            w.seconds[key] = w.seconds.get(key, 0.0) + dt
-            w.dollars += dt * w.price()
-            if w.phase is Phase.BUSY:
+            seconds = w.seconds
+            seconds[key] = seconds.get(key, 0.0) + dt
+            if w.phase is _BUSY:
                 w.busy += dt
-        else:
-            w.seconds.setdefault((w.tier, w.phase), 0.0)
-        w.since = max(w.since, at)
+            w.since = at
 
     def _assign_tiers(self, at: float) -> None:
         chosen = active_workers(((w.id, w.opened_at, w.phase is Phase.STOPPING) for w in self._open.values()),
