@@ -371,8 +371,8 @@ class Config(_Settings):
     listen: _AddressField = Address("0.0.0.0", 8080)
     """The proxy's address, `HOST:PORT` (`:8080`: every IPv4 interface)."""
     admin: _AddressField = Address("127.0.0.1", 9090)
-    """The admin address: `/healthz`, `/readyz`, `/status`, `/metrics` and a status page. They answer without
-    API keys, so keep it on loopback unless a network policy guards it."""
+    """The admin address: `/healthz`, `/readyz`, `/status`, `/metrics` and the dashboard (`/`). They answer
+    without API keys, so keep it on loopback unless a network policy guards it."""
     auth: AuthSettings = AuthSettings()
     """Who may call the endpoint."""
     workers: WorkersSettings = WorkersSettings()
