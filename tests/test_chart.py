@@ -402,6 +402,8 @@ BAD_VALUES = [
     ({"limits": {"max_body_size": "30 parsecs"}}, "/limits/max_body_size"),
     ({"listen": "8080"}, "/listen"),
     ({"gpu": {"categories": ["80gb_pro"]}}, "/gpu/categories/0"),
+    ({"cost": {"max_per_hour": 0}}, "/cost/max_per_hour"),
+    ({"cost": {"budget": 80}}, "/cost"),
     ({"gpu": {"cuda_versions": ["twelve"]}}, "/gpu/cuda_versions/0"),
     ({"expose_ports": ["8000/udp"]}, "/expose_ports/0"),
     ({"worker": {"imag": "vllm/vllm-openai"}}, "/worker"),
