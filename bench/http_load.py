@@ -64,7 +64,7 @@ def _scenario(h: Harness, name: str, stack: Stack) -> None:
             r, attempts, disturbed = h.measured(f"{name:<10} {column:<7} {rep}/{a.repeat}",
                                                 lambda url=url: h.http_load(url, conns, a.duration, servers),
                                                 servers)
-            runs.append({"repetition": rep, "column": column, "attempts": attempts, **r})
+            runs.append({"repetition": rep, "column": column, "attempts": attempts, "disturbed": disturbed, **r})
             for m, fn in metrics:
                 m.add(column, fn(r))
                 if r["errors"]:
