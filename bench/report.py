@@ -182,7 +182,6 @@ def machine_facts(root: Path, peers: dict[str, str | None], wrk: str | None, usa
         "aiohttp": aiohttp.__version__,
         "httptools": _version("httptools"),
         "uvloop": _version("uvloop"),  # lbproxy serve runs on it when installed
-        "lbproxy_engine": os.environ.get("LBPROXY_ENGINE", "fast"),
         "lbproxy": lbproxy.__version__,
         "lbproxy_git": f"{git}{' (lbproxy/ modified)' if dirty else ''}" if git else None,
         **peers,

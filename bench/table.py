@@ -68,7 +68,7 @@ def print_summary(data: dict[str, Any], metrics: list[Metric], path: Path) -> No
     peers = ", ".join(f"{p} {m.get(p) or 'absent'}" for p in ("nginx", "haproxy", "caddy"))
     print(f"lbproxy bench, {m['date_utc']} on {m['hostname']}: {m['cpu_model']}, {m['cores']} cores, "
           f"python {m['python']}, aiohttp {m['aiohttp']}, {peers}, wrk {m['wrk'] or 'absent'}")
-    print(f"lbproxy engine {m['lbproxy_engine']} (LBPROXY_ENGINE), httptools {m['httptools'] or 'absent'}, "
+    print(f"httptools {m['httptools'] or 'absent'}, "
           f"uvloop {m['uvloop'] or 'absent'}, picows {m['picows'] or 'absent'}")
     print(f"load generator: {s['load_generator']}; reference worker: {s['reference_worker']}; "
           + (f"load generator on cpu {pin['load_generator_cpu']}, each proxy and the worker on cpu "
