@@ -119,8 +119,9 @@ def _never_scales(config: Config) -> list[str]:
 def backend_problems(config: Config) -> list[str]:
     """Why `serve` must refuse this config with its backend: a setting it cannot honour is an error."""
     problems: list[str] = []
-    if config.type == "queue":
-        problems.append("type: queue endpoints are not implemented yet; use load_balancer")
+    if config.type == "queue" and config.backend.type == "kubernetes":
+        problems.append("type: queue: runs on the local backend in this release (kubernetes workers for queue "
+                        "endpoints come next); set backend.type: local")
     if config.backend.type == "local":
         for key, why in _KUBERNETES_ONLY.items():
             if config.set_in_file(key):

@@ -67,6 +67,7 @@ __all__ = [
     "LimitsSettings",
     "LogSettings",
     "PlacementSettings",
+    "QueueSettings",
     "ScalingSettings",
     "TimeoutsSettings",
     "WorkerSettings",
@@ -212,6 +213,9 @@ class WorkerSettings(_Settings):
     health_port: _Port | None = None
     """Where GET health_path is served; filled with `port` when not set apart."""
     health_path: Annotated[str, AfterValidator(_health_path)] = "/ping"
+    job_path: Annotated[str, AfterValidator(_health_path)] = "/run"
+    """`type: queue` with `queue.delivery: http`: each job is POSTed here as `{"id", "input"}`; the JSON answer
+    becomes the job's output (an `application/x-ndjson` or `text/event-stream` answer: its stream chunks)."""
     env: Annotated[
         dict[Annotated[str, AfterValidator(_env_name)], Annotated[str, AfterValidator(_env_value)]],
         BeforeValidator(_env),
@@ -266,6 +270,69 @@ class BackendSettings(_Settings):
     workers.gpus."""
 
 
+def _sqlite_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from lbproxy.queue.locations import sqlite_path  # pure parsing; nothing is opened here
+
+    try:
+        sqlite_path(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; the only store in this release is sqlite:///PATH.db") from None
+    return value
+
+
+class QueueSettings(_Settings):
+    """`type: queue` endpoints (DESIGN 6): where jobs are kept and how workers get them."""
+
+    store: Annotated[str | None, AfterValidator(_sqlite_url)] = None
+    """Where jobs are kept: `sqlite:///PATH.db` (WAL, durable commits). Unset: `<endpoint name>.queue.db` in
+    lbproxy's data directory (LBPROXY_DATA_DIR, else ~/.local/share/lbproxy)."""
+    delivery: Literal["sdk", "http"] = "sdk"
+    """`sdk`: workers are unchanged `runpod` SDK workers that pull jobs from `worker_listen`. `http`: lbproxy
+    POSTs each job to `worker.job_path` on a ready HTTP worker (any load-balancer worker)."""
+    worker_listen: _AddressField = Address("127.0.0.1", 0)
+    """`sdk`: where the worker API (job-take, job-done, job-stream, job-stop, ping) listens; port 0 picks a
+    free one. Apart from `listen`, so clients never reach worker routes."""
+    retention: _PositiveDuration = 1800.0
+    """How long a finished job's result is kept for `/status` (Runpod: 30 min); then it is deleted."""
+    sync_retention: _PositiveDuration = 60.0
+    """The same for jobs submitted with `/runsync` (Runpod: 1 min)."""
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    """Times a job is handed to a worker before a lost worker (exited, lease expired) makes it FAILED with
+    `worker lost`. Handler errors are never retried (as Runpod)."""
+    lease: Annotated[float, _duration(2.0)] = 30.0
+    """A taken job belongs to its worker this long; each ping listing it renews it. A lapsed lease requeues
+    the job. Must exceed two `ping_interval`s."""
+    ping_interval: Annotated[float, _duration(1.0)] = 2.0
+    """`sdk`: RUNPOD_PING_INTERVAL given to workers (rounded to whole seconds, as the SDK counts them)."""
+    take_hold: Annotated[float, _duration(1.0)] = 20.0
+    """`sdk`: how long an empty job-take or job-stop poll is held open (the SDK gives up after 90 s and polls
+    again at once on an empty answer, so it must be held)."""
+    stop_grace: Annotated[float, _duration(1.0)] = 5.0
+    """After a cancel or execution timeout, how long the worker has to let go of the job (an async handler
+    is stopped through job-stop); a worker still holding it then is stopped and replaced (a sync handler
+    cannot be interrupted)."""
+    max_run_body: Annotated[int, BeforeValidator(_byte_size)] = 10_000_000
+    """Largest `/run` body (Runpod: 10 MB); larger gets 413."""
+    max_runsync_body: Annotated[int, BeforeValidator(_byte_size)] = 20_000_000
+    """Largest `/runsync` body (Runpod: 20 MB); larger gets 413."""
+    max_result_size: Annotated[int, BeforeValidator(_byte_size)] = 20_000_000
+    """Largest result, progress or stream chunk a worker may post (Runpod: 20 MB). Larger: the job FAILED,
+    since the SDK does not retry a 4xx and the result would be lost silently."""
+    webhook_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    """Further attempts after a webhook POST fails (Runpod: 2)."""
+    webhook_retry_delay: _Duration = 10.0
+    """Time between webhook attempts (Runpod: 10 s)."""
+
+    @model_validator(mode="after")
+    def _lease_outlasts_pings(self) -> QueueSettings:
+        if self.lease < 2 * round(self.ping_interval):
+            pings = 2 * round(self.ping_interval)
+            raise _field_errors([(("lease",), f"must be at least two ping intervals ({pings}s)")])
+        return self
+
+
 class Config(_Settings):
     """One endpoint's settings (DESIGN 2)."""
 
@@ -285,6 +352,8 @@ class Config(_Settings):
     expose_ports: tuple[_ExposedPortField, ...] = ()
     worker: WorkerSettings = WorkerSettings()
     backend: BackendSettings = BackendSettings()
+    queue: QueueSettings = QueueSettings()
+    """Only for `type: queue`."""
 
     @field_validator("expose_ports")
     @classmethod

@@ -11,13 +11,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from .backends.base import Backend, StartFailed, WorkerAddress
 from .health import HealthProber
 from .metrics import Metrics
-from .policy import Decision, PeerLoad, ScalingSettings, WorkerState, decide, merge_peer_load
+from .policy import Decision, PeerLoad, ScalingSettings, Snapshot, WorkerState, decide, merge_peer_load
 from .pool import Worker, WorkerPool
 
 log = logging.getLogger("lbproxy.controller")
@@ -31,6 +31,18 @@ BACKOFF_MAX = 60.0
 FAIL_FAST_AFTER = 2
 
 
+class Prober(Protocol):
+    """What decides a worker is ready: ``HealthProber`` (/ping), or a queue's first contact with a worker."""
+
+    def watch(self, w: Worker) -> None: ...
+
+    def forget(self, worker_id: str) -> None: ...
+
+
+# (blocked until, pending starts) -> the load to decide on; queue endpoints count jobs, not pool waiters.
+SnapshotSource = Callable[[float, int], Awaitable[Snapshot]]
+
+
 class Controller:
     """Scales the workers between ``workers.active`` and ``workers.max``."""
 
@@ -38,15 +50,17 @@ class Controller:
         self,
         settings: ScalingSettings,
         pool: WorkerPool,
-        prober: HealthProber,
+        prober: HealthProber | Prober,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        snapshot: SnapshotSource | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.prober = prober
         self.metrics = metrics
         self.clock = clock
+        self.snapshot = snapshot
         self.backend: Backend | None = None
         self.decisions: deque[dict[str, Any]] = deque(maxlen=20)
         self.failed_starts = 0
@@ -139,7 +153,10 @@ class Controller:
             await self._adopt_drains(backend)
             while True:
                 changed.clear()
-                snap = self.pool.snapshot(self.blocked_until, backend.pending_starts)
+                if self.snapshot is None:
+                    snap = self.pool.snapshot(self.blocked_until, backend.pending_starts)
+                else:
+                    snap = await self.snapshot(self.blocked_until, backend.pending_starts)
                 decision = decide(merge_peer_load(snap, self.peer_loads()), self.settings)
                 if decision.changes_anything:
                     await self._apply(decision)

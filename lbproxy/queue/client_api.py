@@ -1,0 +1,142 @@
+"""The client API of a queue endpoint on ``listen``: Runpod's ``/v2/{endpoint}/...`` routes, JSON only.
+
+``RUNPOD_ENDPOINT_BASE_URL=http://HOST:PORT/v2`` is all an unchanged Runpod client needs.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..auth import ApiKeys
+from ..config import Config
+from .answers import accepted_body, health_body, status_body, stream_body
+from .http_errors import Handler, json_answer, json_error, json_errors
+from .jobs import JobState
+from .service import QueueService, new_job_id
+from .store import DuplicateJob
+from .submissions import BadSubmission, parse_submission, runsync_wait
+
+
+class ClientApi:
+    def __init__(self, config: Config, service: QueueService) -> None:
+        self.name = config.name
+        self.service = service
+        self.keys = ApiKeys(config.auth.keys())
+        self.run_limit = config.queue.max_run_body
+        self.runsync_limit = config.queue.max_runsync_body
+        self.stopping = False
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=max(self.run_limit, self.runsync_limit) + 1,
+                              middlewares=[self._guard, json_errors])
+        r = app.router
+        base = "/v2/{endpoint}"
+        r.add_post(f"{base}/run", self.run)
+        r.add_post(f"{base}/runsync", self.runsync)
+        for verb in ("GET", "POST"):
+            r.add_route(verb, f"{base}/status/{{id}}", self.status)
+            r.add_route(verb, f"{base}/stream/{{id}}", self.stream)
+        r.add_post(f"{base}/cancel/{{id}}", self.cancel)
+        r.add_post(f"{base}/retry/{{id}}", self.retry)
+        r.add_post(f"{base}/purge-queue", self.purge_queue)
+        r.add_get(f"{base}/health", self.health)
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Auth (Bearer or the raw key, as Runpod's docs use both), then the endpoint name."""
+        if not self.keys.allows(request.headers.get("Authorization"), raw=True):
+            return json_error(401, "unauthorized", "send a valid API key as 'Authorization: Bearer <key>'")
+        endpoint = request.match_info.get("endpoint")
+        if endpoint is not None and endpoint != self.name:
+            return json_error(404, "no_such_endpoint", f"this is endpoint {self.name!r}, not {endpoint!r}")
+        if self.stopping and request.path.endswith(("/run", "/runsync")):
+            return json_error(503, "shutting_down", "the endpoint is shutting down; submit again shortly")
+        return await handler(request)
+
+    async def _body(self, request: web.Request, limit: int, setting: str) -> bytes | web.Response:
+        too_large = json_error(413, "body_too_large", f"the body is larger than {setting} ({limit} bytes)")
+        if request.content_length is not None and request.content_length > limit:
+            return too_large
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return too_large
+        return too_large if len(body) > limit else body
+
+    async def _submit(self, request: web.Request, sync: bool) -> tuple[str, web.Response | None]:
+        limit, setting = (self.runsync_limit, "queue.max_runsync_body") if sync else \
+            (self.run_limit, "queue.max_run_body")
+        body = await self._body(request, limit, setting)
+        if isinstance(body, web.Response):
+            return "", body
+        try:
+            job = parse_submission(body, new_job_id(sync), self.service.defaults, sync)
+        except BadSubmission as exc:
+            return "", json_error(400, "bad_request", str(exc))
+        try:
+            stored = await self.service.submit(job)  # committed: the id we answer with survives a crash
+        except DuplicateJob:
+            return "", json_error(409, "duplicate_job", "a job with this id exists; submit again")
+        return stored.id, None
+
+    async def run(self, request: web.Request) -> web.Response:
+        job_id, error = await self._submit(request, sync=False)
+        return error or json_answer(accepted_body(job_id))
+
+    async def runsync(self, request: web.Request) -> web.Response:
+        try:
+            wait = runsync_wait(request.query.get("wait"))
+        except BadSubmission as exc:
+            return json_error(400, "bad_request", str(exc))
+        job_id, error = await self._submit(request, sync=True)
+        if error is not None:
+            return error
+        job = await self.service.wait_finished(job_id, wait)
+        if job is None:
+            return self._gone(job_id)
+        if job.terminal:
+            return json_answer(status_body(job, self.service.clock()))
+        return json_answer(accepted_body(job.id, job.state))
+
+    def _gone(self, job_id: str) -> web.Response:
+        return json_error(404, "job_not_found",
+                          f"no job {job_id}: never submitted, past its TTL, or its result's retention is over")
+
+    async def status(self, request: web.Request) -> web.Response:
+        job = await self.service.store.get(request.match_info["id"])
+        if job is None:
+            return self._gone(request.match_info["id"])
+        return json_answer(status_body(job, self.service.clock()))
+
+    async def stream(self, request: web.Request) -> web.Response:
+        found = await self.service.store.take_chunks(request.match_info["id"])
+        if found is None:
+            return self._gone(request.match_info["id"])
+        job, chunks = found
+        return json_answer(stream_body(job.state, chunks))
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        job = await self.service.cancel(request.match_info["id"])
+        if job is None:
+            return self._gone(request.match_info["id"])
+        return json_answer(accepted_body(job.id, job.state))
+
+    async def retry(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        job = await self.service.retry(job_id)
+        if job is not None:
+            return json_answer(accepted_body(job.id, JobState.IN_QUEUE))
+        current = await self.service.store.get(job_id)
+        if current is None:
+            return self._gone(job_id)
+        return json_error(400, "not_retryable", f"job {job_id} is {current.state.value}; only FAILED and "
+                          f"TIMED_OUT jobs can be retried", current.state.value)
+
+    async def purge_queue(self, request: web.Request) -> web.Response:
+        removed = await self.service.purge_queue()
+        return json_answer({"removed": removed, "status": "completed"})
+
+    async def health(self, request: web.Request) -> web.Response:
+        jobs, workers = await self.service.health()
+        return json_answer(health_body(jobs, workers))
