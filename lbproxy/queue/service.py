@@ -31,6 +31,8 @@ from .webhooks import Webhooks
 log = logging.getLogger("lbproxy.queue")
 
 SWEEP_INTERVAL = 0.5
+LEAVING_HOLD = 1.0
+_LEAVING = (WorkerState.DRAINING, WorkerState.STOPPING, WorkerState.EXITED)
 
 
 def new_job_id(sync: bool) -> str:
@@ -67,6 +69,7 @@ class QueueService:
         self._finished: dict[str, list[asyncio.Future[Job | None]]] = {}
         self._stop_hooks: list[Callable[[str, str], None]] = []  # (worker id, job id): http delivery
         self._sweeper: asyncio.Task[None] | None = None
+        pool.on_state_change(self._worker_state)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -198,7 +201,11 @@ class QueueService:
             event = self._work
             seen = self._added
             n = wanted if not self.per_worker else min(wanted, self.per_worker - session.busy)
-            if w is not None and w.state is WorkerState.READY and not session.retiring and not session.gone and n > 0:
+            if w is None or w.state in _LEAVING or session.retiring or session.gone:
+                # A worker on its way out: answer soon (an open poll delays the SDK's exit after SIGTERM),
+                # yet not at once (it would poll again in a hot loop until the signal arrives).
+                until = min(until, loop.time() + LEAVING_HOLD)
+            elif w.state is WorkerState.READY and n > 0:
                 # Counted busy before the claim is awaited, so a scale-down decided meanwhile cannot pick it.
                 self.pool.set_in_flight(w, session.busy + n)
                 try:
@@ -270,8 +277,14 @@ class QueueService:
         the SDK's ping process lists exactly the jobs still running in the worker."""
         self.contact(session)
         listed = set(job_ids)
-        for job_id in [j for j in session.stopping if j not in listed]:
-            session.let_go(job_id)
+        for job_id in list(session.stopping):
+            if job_id not in listed:
+                session.let_go(job_id)
+            elif job_id not in session.stops:
+                # Still running: the SDK drops a stop for a job it took but has not started yet, so say it
+                # again (stopping an unknown job is a no-op for the SDK) until stop_grace runs out.
+                session.stops.append(job_id)
+                session.stop_wake.set()
         self._update_busy(session)
         if job_ids:
             await self.store.renew(session.id, job_ids, self.clock() + self.lease)
@@ -297,6 +310,15 @@ class QueueService:
         return self._added == mark
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def _worker_state(self, w: Worker, old: WorkerState) -> None:
+        """A worker starts to leave (drained, stopped): end its open polls now, so that SIGTERM finds the SDK
+        with no request open and it exits at once."""
+        session = self.sessions.get(w.id)
+        if session is not None and w.state in _LEAVING and old not in _LEAVING:
+            session.stop_wake.set()
+            event, self._work = self._work, asyncio.Event()
+            event.set()
 
     def _available(self) -> None:
         """Jobs were added to the queue: wake every poll, and the controller (scale from zero)."""

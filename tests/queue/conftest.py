@@ -1,0 +1,138 @@
+"""Queue endpoint fixtures: the real ``runpod`` SDK (pinned) in a virtualenv of its own, built once.
+
+The SDK cannot share lbproxy's environment (through botocore it pins python-dateutil < 3, which kubernetes
+37 refuses), as a user's worker image has its own environment too. The venv lives in the repository's
+gitignored ``.cache/`` so reruns are fast and a fresh clone builds it once. Every SDK process gets
+RUNPOD_SKIP_AUTO_SYSTEM_CHECKS=true: its fitness check would otherwise connect to a public DNS server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ..conftest import ROOT, Endpoint, deep_merge, until
+
+RUNPOD_VERSION = "1.12.0"
+VENV = ROOT / ".cache" / f"runpod-{RUNPOD_VERSION}"
+HERE = Path(__file__).resolve().parent
+SDK_WORKER = HERE / "sdk_worker.py"
+SDK_CLIENT = HERE / "sdk_client.py"
+SAFE_ENV = {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "RUNPOD_SKIP_GPU_CHECK": "true"}
+
+
+def _build_venv() -> Path:
+    python = VENV / "bin" / "python"
+    done = VENV / ".complete"
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(VENV.parent / f".runpod-{RUNPOD_VERSION}.lock", "w") as lock:  # parallel test runs build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                            f"runpod=={RUNPOD_VERSION}"], check=True)
+            done.write_text(RUNPOD_VERSION)
+    return python
+
+
+@pytest.fixture(scope="session")
+def runpod_python() -> Path:
+    return _build_venv()
+
+
+def queue_config(python: Path, kind: str = "sync", env: dict[str, str] | None = None,
+                 **overrides: Any) -> dict[str, Any]:
+    """A queue endpoint whose workers run ``sdk_worker.py`` with handler ``kind``; short leases for tests."""
+    cfg: dict[str, Any] = {
+        "type": "queue",
+        "workers": {"active": 0, "max": 2},
+        "timeouts": {"idle": "60s"},
+        "queue": {"ping_interval": "1s", "lease": "4s", "take_hold": "5s", "stop_grace": "3s"},
+        "worker": {"command": [str(python), str(SDK_WORKER)], "stop_grace": "2s",
+                   "env": {"HANDLER": kind, "RUNPOD_LOG_LEVEL": "INFO", **(env or {})}},
+    }
+    return deep_merge(cfg, overrides)
+
+
+class Queue:
+    """Raw HTTP access to a queue endpoint's client API, plus the SDK client in its own venv."""
+
+    def __init__(self, ep: Endpoint, python: Path, key: str | None = None) -> None:
+        self.ep = ep
+        self.python = python
+        self.key = key
+        self.base = f"{ep.url}/v2/{ep.config['name']}"
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.AsyncClient(timeout=60, headers=headers)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def run(self, body: dict[str, Any]) -> str:
+        r = await self.http.post(f"{self.base}/run", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "IN_QUEUE"
+        job_id: str = r.json()["id"]
+        return job_id
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        r = await self.http.get(f"{self.base}/status/{job_id}")
+        data: dict[str, Any] = r.json()
+        data["_http"] = r.status_code
+        return data
+
+    async def wait_state(self, job_id: str, *states: str, timeout: float = 30.0) -> dict[str, Any]:
+        async def reached() -> dict[str, Any] | None:
+            s = await self.status(job_id)
+            return s if s["status"] in states else None
+        result: dict[str, Any] = await until(reached, timeout, f"job {job_id} in {states}", interval=0.05)
+        return result
+
+    async def health(self) -> dict[str, Any]:
+        data: dict[str, Any] = (await self.http.get(f"{self.base}/health")).json()
+        return data
+
+    async def sdk(self, script: str, timeout: float = 60.0, **args: Any) -> Any:
+        """Run ``sdk_client.py`` (the real runpod client) with one operation; returns its JSON output."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "LBPROXY_"))}
+        env.update(SAFE_ENV)
+        env["RUNPOD_ENDPOINT_BASE_URL"] = f"{self.ep.url}/v2"
+        proc = await asyncio.create_subprocess_exec(
+            str(self.python), str(SDK_CLIENT), script, json.dumps({"endpoint": self.ep.config["name"],
+                                                                   "key": self.key or "none", **args}),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except BaseException:
+            proc.kill()
+            await proc.wait()
+            raise
+        assert proc.returncode == 0, f"sdk client {script} failed ({proc.returncode}):\n{err.decode()[-3000:]}"
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+
+@pytest.fixture
+async def start_queue(start_endpoint: Callable[..., Any], runpod_python: Path) -> AsyncIterator[Any]:
+    """``q = await start_queue(kind, **overrides)``: lbproxy serving a queue endpoint of SDK workers."""
+    opened: list[Queue] = []
+
+    async def start(kind: str = "sync", env: dict[str, str] | None = None, key: str | None = None,
+                    **overrides: Any) -> Queue:
+        ep = await start_endpoint(**queue_config(runpod_python, kind, env, **overrides))
+        q = Queue(ep, runpod_python, key)
+        opened.append(q)
+        return q
+
+    yield start
+    for q in opened:
+        await q.close()

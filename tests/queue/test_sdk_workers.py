@@ -1,0 +1,171 @@
+"""Unchanged runpod SDK workers and clients against a real ``lbproxy serve`` (type: queue), over loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from ..conftest import until
+
+pytestmark = pytest.mark.slow
+
+
+async def test_sync_handler_serves_sdk_run_sync_and_run_with_status(start_queue):
+    q = await start_queue("sync")
+    result = await q.sdk("run_sync", input={"prompt": "hi"})
+    out = result["output"]
+    assert out["echo"] == {"prompt": "hi"}
+    assert out["skip_checks"] == "true"  # never a connection to a public DNS server
+    assert out["ping_interval"] == "1000"
+    assert out["worker"].startswith("test-")
+
+    ran = await q.sdk("run_status", input={"prompt": "again", "sleep": 0.3})
+    assert ran["first"] in ("IN_QUEUE", "IN_PROGRESS")
+    assert ran["output"]["echo"] == {"prompt": "again", "sleep": 0.3}
+    assert ran["final"] == "COMPLETED"
+    status = await q.status(ran["id"])
+    assert status["status"] == "COMPLETED" and status["delayTime"] >= 0 and status["executionTime"] >= 300
+    assert status["workerId"] == out["worker"]
+    health = await q.sdk("health")
+    assert health["jobs"]["completed"] == 2 and health["jobs"]["failed"] == 0
+    assert health["workers"]["idle"] == 1 and health["workers"]["running"] == 0
+
+
+async def test_the_handler_gets_s3config_and_policy_at_the_top_level_of_the_job(start_queue):
+    q = await start_queue("sync")
+    s3 = {"accessId": "a", "accessSecret": "b", "bucketName": "c", "endpointUrl": "http://127.0.0.1:1"}
+    job_id = await q.run({"input": {"x": 1}, "s3Config": s3, "policy": {"executionTimeout": 60000}})
+    done = await q.wait_state(job_id, "COMPLETED")
+    assert done["output"]["s3Config"] == s3
+    assert done["output"]["keys"] == ["id", "input", "policy", "s3Config"]
+
+
+async def test_progress_update_shows_in_status_while_the_job_runs(start_queue):
+    q = await start_queue("sync")
+    job_id = await q.run({"input": {"progress": {"pct": 50}, "sleep": 3}})
+
+    async def progressed():
+        s = await q.status(job_id)
+        return s if s["status"] == "IN_PROGRESS" and s.get("output") == {"pct": 50} else None
+    await until(progressed, 30, "progress output in /status")
+    done = await q.wait_state(job_id, "COMPLETED")
+    assert done["output"]["echo"]["sleep"] == 3  # the final result replaces the progress
+
+
+async def test_generator_handler_streams_chunks_once_each_and_aggregates_them(start_queue):
+    q = await start_queue("generator")
+    result = await q.sdk("stream", input={"n": 4, "interval": 0.3})
+    assert result["chunks"] == [{"chunk": i} for i in range(4)]  # each chunk once, in order
+    assert result["final"] == "COMPLETED"
+    assert result["output"] == [{"chunk": i} for i in range(4)]  # return_aggregate_stream
+
+
+async def test_handler_error_is_failed_with_the_error_and_not_retried(start_queue):
+    q = await start_queue("sync")
+    job_id = await q.run({"input": {"fail": True}})
+    failed = await q.wait_state(job_id, "FAILED")
+    error = json.loads(failed["error"])  # the SDK sends a JSON string
+    assert error["error_message"] == "the handler failed on purpose"
+    assert "retries" not in failed
+    returned = await q.run({"input": {"error": "handled"}})
+    assert (await q.wait_state(returned, "FAILED"))["error"] == "handled"
+    health = await q.health()
+    assert health["jobs"]["failed"] == 2 and health["jobs"]["retried"] == 0
+
+
+async def test_async_handler_with_concurrency_takes_a_batch_and_runs_it_at_once(start_queue):
+    q = await start_queue("async", env={"CONCURRENCY": "3"}, workers={"max": 1})
+    await q.sdk("run_sync", input={"warm": True})  # one warm worker, polling with batch takes
+    ids = [await q.run({"input": {"sleep": 1.5, "n": i}}) for i in range(3)]
+    done = [await q.wait_state(i, "COMPLETED") for i in ids]
+    outs = [d["output"] for d in done]
+    assert len({o["pid"] for o in outs}) == 1
+    assert max(o["started"] for o in outs) < min(o["ended"] for o in outs)  # all three ran together
+
+
+async def test_cancel_of_a_running_async_job_stops_it_on_the_worker(start_queue, tmp_path):
+    q = await start_queue("async", env={"CONCURRENCY": "2"}, workers={"max": 1})
+    marker = tmp_path / "cancelled"
+    result = await q.sdk("cancel", input={"sleep": 60, "marker": str(marker)})
+    assert result["answer"]["status"] == "CANCELLED" and result["final"] == "CANCELLED"
+    await until(marker.exists, 20, "the handler's task cancelled through job-stop")
+    before = await q.ep.workers()
+    after = await q.sdk("run_sync", input={"next": 1})  # the same worker goes on serving
+    assert after["output"]["worker"] == before[0]["id"]
+
+
+async def test_execution_timeout_of_an_async_job_stops_it_and_keeps_the_worker(start_queue, tmp_path):
+    q = await start_queue("async", env={"CONCURRENCY": "2"}, workers={"max": 1})
+    marker = tmp_path / "stopped"
+    job_id = await q.run({"input": {"sleep": 60, "marker": str(marker)}, "policy": {"executionTimeout": 5000}})
+    timed_out = await q.wait_state(job_id, "TIMED_OUT", timeout=30)
+    assert 5000 <= timed_out["executionTime"] < 10000
+    await until(marker.exists, 20, "the handler's task cancelled through job-stop")
+    workers = await q.ep.workers()
+    assert [(w["id"], w["state"]) for w in workers] == [(timed_out["workerId"], "ready")]  # not replaced
+
+
+async def test_execution_timeout_of_a_sync_job_replaces_its_worker_and_drops_the_late_result(start_queue):
+    q = await start_queue("sync", timeouts={"execution": "5s"}, workers={"max": 1, "active": 1})
+    first = (await q.ep.wait_workers(lambda ws: ws and ws[0]["state"] == "ready", "a ready worker"))[0]
+    job_id = await q.run({"input": {"sleep": 12}})
+    await q.wait_state(job_id, "TIMED_OUT", timeout=30)
+    # A sync handler blocks the SDK's loop: the worker is stopped after queue.stop_grace and replaced.
+    await q.ep.wait_workers(lambda ws: any(w["id"] != first["id"] and w["state"] == "ready" for w in ws)
+                            and all(w["id"] != first["id"] for w in ws), "a replacement worker", timeout=40)
+    again = await q.status(job_id)
+    assert again["status"] == "TIMED_OUT"
+    assert (await q.sdk("run_sync", input={"after": 1}))["output"]["echo"] == {"after": 1}
+
+
+async def test_refresh_worker_replaces_the_worker_after_its_job(start_queue):
+    q = await start_queue("refresh", workers={"max": 1})
+    first = (await q.sdk("run_sync", input={"a": 1}))["output"]
+    second = (await q.sdk("run_sync", input={"b": 2}))["output"]
+    assert first["worker"] != second["worker"] and first["pid"] != second["pid"]
+
+
+async def test_a_worker_that_dies_holding_a_job_gets_it_requeued(start_queue):
+    q = await start_queue("sync", workers={"max": 1})
+    job_id = await q.run({"input": {"sleep": 30}})
+    running = await q.wait_state(job_id, "IN_PROGRESS")
+    worker = next(w for w in await q.ep.workers() if w["id"] == running["workerId"])
+    os.killpg(worker["pid"], signal.SIGKILL)
+    # Requeued at once (the process exit is the signal) and taken by a new worker.
+    async def retaken():
+        s = await q.status(job_id)
+        return s if s.get("workerId") not in (None, worker["id"]) and s["status"] == "IN_PROGRESS" else None
+    s = await until(retaken, 30, "the job running on a new worker")
+    assert s["retries"] == 1
+    assert (await q.health())["jobs"]["retried"] == 1
+
+
+async def test_a_job_whose_workers_keep_dying_fails_as_worker_lost_after_max_attempts(start_queue):
+    q = await start_queue("sync", queue={"max_attempts": 2})
+    job_id = await q.run({"input": {"exit": True}})
+    failed = await q.wait_state(job_id, "FAILED", timeout=60)
+    assert failed["error"] == "worker lost" and failed["retries"] == 1
+
+
+async def test_a_frozen_worker_loses_its_job_when_the_lease_runs_out(start_queue):
+    q = await start_queue("sync", workers={"max": 2}, queue={"max_attempts": 1})
+    job_id = await q.run({"input": {"sleep": 30}})
+    running = await q.wait_state(job_id, "IN_PROGRESS")
+    worker = next(w for w in await q.ep.workers() if w["id"] == running["workerId"])
+    os.killpg(worker["pid"], signal.SIGSTOP)  # the handler and its ping process: no more pings
+    try:
+        failed = await q.wait_state(job_id, "FAILED", timeout=30)
+        assert failed["error"] == "worker lost"
+    finally:
+        os.killpg(worker["pid"], signal.SIGCONT)
+
+
+async def test_a_worker_holding_a_job_is_not_stopped_for_idleness(start_queue):
+    q = await start_queue("sync", timeouts={"idle": "1s"}, workers={"max": 1})
+    job_id = await q.run({"input": {"sleep": 4}})
+    done = await q.wait_state(job_id, "COMPLETED", timeout=40)
+    assert "retries" not in done  # never requeued: its worker was not stopped under it
+    assert done["executionTime"] >= 4000
