@@ -252,9 +252,9 @@ class QueueService:
             session.retiring = "the handler asked for a fresh worker (refresh_worker)"
         self._retire_if_idle(session)
 
-    async def fail_oversized(self, session: WorkerSession, job_id: str, size: int, limit: int) -> None:
+    async def fail_oversized(self, session: WorkerSession, job_id: str, limit: int) -> None:
         """A result over queue.max_result_size: the job FAILED with a reason instead of vanishing."""
-        error = f'"the worker\'s result ({size} bytes) is over queue.max_result_size ({limit} bytes)"'
+        error = f'"the worker\'s result is over queue.max_result_size ({limit} bytes)"'
         await self.finish(job_id, session.id, JobState.FAILED, None, error)
         session.let_go(job_id)
         self._update_busy(session)

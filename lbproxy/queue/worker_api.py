@@ -36,7 +36,7 @@ class WorkerApi:
 
     def app(self) -> web.Application:
         # Results arrive whole (the SDK posts json.dumps(result)); aiohttp's 1 MiB default would answer 413,
-        # which the SDK does not retry: the result would be lost. The limit is checked in job_done instead.
+        # which the SDK does not retry: the result would be lost. _read applies queue.max_result_size instead.
         app = web.Application(client_max_size=self.result_limit + 1, middlewares=[json_errors])
         r = app.router
         base = "/v2/{endpoint}"
@@ -62,6 +62,19 @@ class WorkerApi:
     def _jobs(jobs: list[Job]) -> list[bytes]:
         # The payload is stored as the JSON object the worker gets, minus its id: splice the id in.
         return [b'{"id":' + json.dumps(j.id).encode() + b"," + j.payload.encode()[1:] for j in jobs]
+
+    async def _read(self, request: web.Request) -> bytes | None:
+        """The body, or None when it is over queue.max_result_size (read no further than that)."""
+        limit = self.result_limit
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        parts, size = [], 0
+        while chunk := await request.content.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                return None
+            parts.append(chunk)
+        return b"".join(parts)
 
     async def job_take(self, request: web.Request) -> web.Response:
         session = await self._session(request)
@@ -99,9 +112,9 @@ class WorkerApi:
         if isinstance(session, web.Response):
             return session
         job_id = request.match_info["job"]
-        body = await request.read()  # JSON, whatever Content-Type says (the SDK labels it a form)
-        if len(body) > self.result_limit:
-            await self.service.fail_oversized(session, job_id, len(body), self.result_limit)
+        body = await self._read(request)  # JSON, whatever Content-Type says (the SDK labels it a form)
+        if body is None:
+            await self.service.fail_oversized(session, job_id, self.result_limit)
         else:
             await self.service.done(session, job_id, body)
         return web.Response(status=200, body=b'{"status":"ok"}', content_type="application/json")
@@ -110,8 +123,8 @@ class WorkerApi:
         session = await self._session(request)
         if isinstance(session, web.Response):
             return session
-        body = await request.read()
-        if len(body) <= self.result_limit:
+        body = await self._read(request)
+        if body is not None:
             await self.service.chunk(session, request.match_info["job"], body)
         return web.Response(status=200, body=b'{"status":"ok"}', content_type="application/json")
 
