@@ -237,3 +237,20 @@ async def test_the_ttl_removes_a_queued_job_and_a_running_one(stand_queue):
     await until(lambda: _gone(q, running), 5, "the running job gone after its TTL")
     assert (await w.done(running, {"output": "late"})).status_code == 200
     assert (await q.status(running))["_http"] == 404
+
+
+@pytest.mark.slow
+async def test_the_sdk_client_purges_the_queue_and_reads_health(stand_queue, runpod_python):
+    q, w = await stand_queue(key="k1", auth={"api_keys": ["k1"]}, queue={"lease": "60s"})
+    sdk = Queue(q.ep, runpod_python, "k1")
+    try:
+        for i in range(3):
+            await q.run({"input": i})
+        await w.take()  # one runs; two wait
+        health = await sdk.sdk("health")
+        assert health["jobs"]["inQueue"] == 2 and health["jobs"]["inProgress"] == 1
+        assert health["workers"] == {"idle": 0, "running": 1, "initializing": 0, "unhealthy": 0}
+        assert await sdk.sdk("purge_queue") == {"removed": 2, "status": "completed"}
+        assert (await q.health())["jobs"]["inQueue"] == 0
+    finally:
+        await sdk.close()
