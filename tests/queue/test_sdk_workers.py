@@ -169,3 +169,20 @@ async def test_a_worker_holding_a_job_is_not_stopped_for_idleness(start_queue):
     done = await q.wait_state(job_id, "COMPLETED", timeout=40)
     assert "retries" not in done  # never requeued: its worker was not stopped under it
     assert done["executionTime"] >= 4000
+
+
+async def test_the_queue_example_serves_a_job_to_the_sdk_client(start_endpoint, runpod_python):
+    import yaml
+
+    from ..conftest import ROOT
+    from .conftest import Queue
+
+    cfg = yaml.safe_load((ROOT / "examples" / "queue.yaml").read_text())
+    cfg.pop("listen"), cfg.pop("admin")
+    cfg["worker"]["command"][0] = str(runpod_python)  # the README's .venv-worker, built once by the fixture
+    q = Queue(await start_endpoint(**cfg), runpod_python)
+    try:
+        result = await q.sdk("run_sync", input={"prompt": "hello world"})
+        assert result["output"]["echo"] == "hello world" and result["output"]["words"] == 2
+    finally:
+        await q.close()
