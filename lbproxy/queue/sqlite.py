@@ -152,7 +152,7 @@ class SqliteJobStore:
         return await self.writer.run(op)
 
     async def get(self, job_id: str) -> Job | None:
-        return await self.writer.run(lambda conn: self._one(conn, job_id))
+        return await self.writer.run(lambda conn: self._one(conn, job_id), durable=False)
 
     async def claim(self, worker_id: str, n: int, now: float, lease: float) -> list[Job]:
         def op(conn: sqlite3.Connection) -> list[Job]:
@@ -168,7 +168,7 @@ class SqliteJobStore:
             order = {jid: i for i, (jid, _) in enumerate(rows)}
             jobs = self._select(conn, f"id IN ({','.join('?' * len(rows))})", order)
             return sorted(jobs, key=lambda j: order[j.id])
-        return await self.writer.run(op)
+        return await self.writer.run(op, durable=False)
 
     async def renew(self, worker_id: str, job_ids: list[str], until: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -176,14 +176,14 @@ class SqliteJobStore:
                 "UPDATE jobs SET lease_until = max(lease_until, ?) WHERE id = ? AND worker_id = ?"
                 " AND state = 'IN_PROGRESS'", [(until, jid, worker_id) for jid in job_ids])
             return cur.rowcount
-        return await self.writer.run(op) if job_ids else 0
+        return await self.writer.run(op, durable=False) if job_ids else 0
 
     async def progress(self, job_id: str, worker_id: str, output: str | None) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             cur = conn.execute("UPDATE jobs SET output = ? WHERE id = ? AND worker_id = ? AND state = 'IN_PROGRESS'",
                                (output, job_id, worker_id))
             return cur.rowcount > 0
-        return await self.writer.run(op)
+        return await self.writer.run(op, durable=False)
 
     async def complete(self, job_id: str, worker_id: str, state: JobState, output: str | None,
                        error: str | None, now: float) -> Job | None:
@@ -221,7 +221,7 @@ class SqliteJobStore:
                 return False
             conn.execute("INSERT INTO chunks (job_id, seq, data) VALUES (?, ?, ?)", (job_id, row[0], chunk))
             return True
-        return await self.writer.run(op)
+        return await self.writer.run(op, durable=False)
 
     async def take_chunks(self, job_id: str) -> tuple[Job, list[str]] | None:
         def op(conn: sqlite3.Connection) -> tuple[Job, list[str]] | None:
@@ -232,7 +232,7 @@ class SqliteJobStore:
             if rows:
                 conn.execute("DELETE FROM chunks WHERE job_id = ? AND seq <= ?", (job_id, rows[-1][0]))
             return job, [str(data) for _, data in rows]
-        return await self.writer.run(op)
+        return await self.writer.run(op, durable=False)
 
     async def retry(self, job_id: str, now: float) -> Job | None:
         def op(conn: sqlite3.Connection) -> Job | None:
@@ -309,7 +309,7 @@ class SqliteJobStore:
             (running,) = conn.execute("SELECT count(*) FROM jobs WHERE endpoint = ? AND state = 'IN_PROGRESS'",
                                       (self.endpoint,)).fetchone()
             return Load(int(queued), oldest, int(running))
-        return await self.writer.run(op)
+        return await self.writer.run(op, durable=False)
 
     async def counts(self) -> JobCounts:
         def op(conn: sqlite3.Connection) -> JobCounts:
@@ -328,10 +328,10 @@ class SqliteJobStore:
                 in_queue=by.get("IN_QUEUE", 0), in_progress=by.get("IN_PROGRESS", 0),
                 completed=by.get("COMPLETED", 0), failed=by.get("FAILED", 0) + by.get("TIMED_OUT", 0),
                 retried=int(retried), in_queue_for_scaling=by.get("scaling", 0), oldest_for_scaling=oldest)
-        return await self.writer.run(op)
+        return await self.writer.run(op, durable=False)
 
     async def held_by(self, worker_id: str) -> list[str]:
         def op(conn: sqlite3.Connection) -> list[str]:
             rows = conn.execute("SELECT id FROM jobs WHERE worker_id = ? AND state = 'IN_PROGRESS'", (worker_id,))
             return [str(r[0]) for r in rows]
-        return await self.writer.run(op)
+        return await self.writer.run(op, durable=False)

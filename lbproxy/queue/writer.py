@@ -33,6 +33,7 @@ class Writer:
         self._ops: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready: asyncio.Future[None] | None = None
+        self._durable = True  # the connection's synchronous setting (FULL, set up by the store)
         self.batches = 0  # transactions committed (the benchmark reports operations per commit)
         self.operations = 0
 
@@ -50,10 +51,15 @@ class Writer:
         await asyncio.to_thread(self._thread.join)
         self._thread = None
 
-    async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``op`` in the next transaction; returns its result once that transaction is committed."""
+    async def run(self, op: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+        """Run ``op`` in the next transaction; returns its result once that transaction is committed.
+
+        ``durable=False``: the commit need not reach the disk before the answer (reads, claims, lease renewals,
+        progress). Such a commit survives a crash of lbproxy (it is in the OS's cache) but not a power loss,
+        which at worst hands a job out once more: at-least-once holds, and the fsync leaves the dispatch path.
+        """
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._ops.put((op, fut))
+        self._ops.put((op, fut, durable))
         return await fut
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -90,9 +96,13 @@ class Writer:
 
     def _commit(self, conn: sqlite3.Connection, batch: list[Any], loop: asyncio.AbstractEventLoop) -> None:
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        durable = any(item[2] for item in batch)
+        if durable != self._durable:  # WAL: FULL fsyncs at each commit, NORMAL only at checkpoints
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, fut in batch:
+            for op, fut, _ in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     value = op(conn)
@@ -108,7 +118,7 @@ class Writer:
             log.error("job store commit failed: %s", exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            outcomes = [(fut, False, exc) for _, fut in batch]
+            outcomes = [(fut, False, exc) for _, fut, _ in batch]
         self.batches += 1
         self.operations += len(batch)
         loop.call_soon_threadsafe(_resolve, outcomes)
