@@ -1,4 +1,4 @@
-"""An unchanged runpod SDK async handler for bench/queue.py (run from the SDK's own venv): it only records
+"""An unchanged runpod SDK async handler for bench/queue_jobs.py (run from the SDK's own venv): it only records
 when it started, so the figures show the SDK's own dispatch overhead on top of lbproxy's."""
 
 import os

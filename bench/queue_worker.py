@@ -1,4 +1,4 @@
-"""A lean queue worker for bench/queue.py: the runpod SDK's worker protocol (batch job-take, job-done, ping)
+"""A lean queue worker for bench/queue_jobs.py: the runpod SDK's worker protocol (batch job-take, job-done, ping)
 in a few lines of aiohttp, without the SDK's 0.1 s internal loop, so the figures are lbproxy's own.
 
 Started by lbproxy with the SDK's environment; BENCH_CPUS pins it (the load stays off lbproxy's core).

@@ -28,7 +28,7 @@ class ClientApi:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=max(self.run_limit, self.runsync_limit) + 1,
-                              middlewares=[self._guard, json_errors])
+                              middlewares=[self._guard])
         r = app.router
         base = "/v2/{endpoint}"
         r.add_post(f"{base}/run", self.run)
@@ -52,17 +52,18 @@ class ClientApi:
             return json_error(404, "no_such_endpoint", f"this is endpoint {self.name!r}, not {endpoint!r}")
         if self.stopping and request.path.endswith(("/run", "/runsync")):
             return json_error(503, "shutting_down", "the endpoint is shutting down; submit again shortly")
-        return await handler(request)
+        return await json_errors(request, handler)
 
     async def _body(self, request: web.Request, limit: int, setting: str) -> bytes | web.Response:
-        too_large = json_error(413, "body_too_large", f"the body is larger than {setting} ({limit} bytes)")
-        if request.content_length is not None and request.content_length > limit:
-            return too_large
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return too_large
-        return too_large if len(body) > limit else body
+        if request.content_length is None or request.content_length <= limit:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                pass
+            else:
+                if len(body) <= limit:
+                    return body
+        return json_error(413, "body_too_large", f"the body is larger than {setting} ({limit} bytes)")
 
     async def _submit(self, request: web.Request, sync: bool) -> tuple[str, web.Response | None]:
         limit, setting = (self.runsync_limit, "queue.max_runsync_body") if sync else \

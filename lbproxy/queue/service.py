@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 
 from ..config import Config
@@ -33,11 +33,18 @@ log = logging.getLogger("lbproxy.queue")
 SWEEP_INTERVAL = 0.5
 LEAVING_HOLD = 1.0
 _LEAVING = (WorkerState.DRAINING, WorkerState.STOPPING, WorkerState.EXITED)
+_LIVE = (WorkerState.STARTING, WorkerState.READY)
 
 
 def new_job_id(sync: bool) -> str:
-    """Opaque ids; Runpod's look like ``<uuid>-u1`` and ``sync-<uuid>``."""
-    return f"sync-{uuid.uuid4()}" if sync else f"{uuid.uuid4()}-u1"
+    """Opaque ids; Runpod's look like ``<uuid>-u1`` and ``sync-<uuid>`` (random, like uuid4, but formatted
+    without building a UUID object: this runs once per job on the event loop)."""
+    h = os.urandom(16).hex()
+    text = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    return f"sync-{text}" if sync else f"{text}-u1"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 class QueueService:
@@ -325,7 +332,10 @@ class QueueService:
         self._added += 1
         event, self._work = self._work, asyncio.Event()
         event.set()
-        self.pool.changed.set()
+        # The controller ticks every second anyway (queue_delay is seconds); waking it on every job would make
+        # it recount the queue as fast as jobs arrive. Only a scale from zero must not wait for the tick.
+        if not any(w.state in _LIVE for w in self.pool.workers.values()):
+            self.pool.changed.set()
 
     def _settled(self, jobs: list[Job]) -> None:
         """After requeues or failures of lost workers' jobs."""

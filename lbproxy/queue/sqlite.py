@@ -110,8 +110,9 @@ class SqliteJobStore:
         return [_job(r) for r in rows]
 
     def _one(self, conn: sqlite3.Connection, job_id: str) -> Job | None:
-        jobs = self._select(conn, "id = ?", (job_id,))
-        return jobs[0] if jobs else None
+        # By id alone: with `endpoint = ?` too, the planner may walk the queue index instead of the id's.
+        row = conn.execute(f"SELECT {_COLUMNS}, endpoint FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row[:-1]) if row is not None and row[-1] == self.endpoint else None
 
     @staticmethod
     def _drop_chunks(conn: sqlite3.Connection, ids: list[str]) -> None:
@@ -161,13 +162,14 @@ class SqliteJobStore:
                 " ORDER BY low_priority, created_at, seq LIMIT ?", (self.endpoint, n)).fetchall()
             if not rows:
                 return []
-            conn.executemany(
-                "UPDATE jobs SET state = 'IN_PROGRESS', worker_id = ?, started_at = ?, lease_until = ?,"
-                " deadline_at = ?, attempts = attempts + 1 WHERE id = ?",
-                [(worker_id, now, now + lease, deadline(now, t), jid) for jid, t in rows])
-            order = {jid: i for i, (jid, _) in enumerate(rows)}
-            jobs = self._select(conn, f"id IN ({','.join('?' * len(rows))})", order)
-            return sorted(jobs, key=lambda j: order[j.id])
+            jobs = []
+            for jid, timeout in rows:
+                row = conn.execute(
+                    "UPDATE jobs SET state = 'IN_PROGRESS', worker_id = ?, started_at = ?, lease_until = ?,"
+                    f" deadline_at = ?, attempts = attempts + 1 WHERE id = ? RETURNING {_COLUMNS}",
+                    (worker_id, now, now + lease, deadline(now, timeout), jid)).fetchone()
+                jobs.append(_job(row))
+            return jobs
         return await self.writer.run(op, durable=False)
 
     async def renew(self, worker_id: str, job_ids: list[str], until: float) -> int:

@@ -6,7 +6,7 @@ disk, not tmpfs); the workers and the load generator share the other core. Two w
 drives the throughput figure) and ``sdk`` (bench/queue_sdk_handler.py: an unchanged runpod async handler with
 concurrency, from the tests' cached venv .cache/runpod-1.12.0, when present).
 
-    .venv/bin/python bench/queue.py [--jobs 20000] [--workers 4] [--batch 32] [--submitters 64] [--quick]
+    .venv/bin/python bench/queue_jobs.py [--jobs 20000] [--workers 4] [--batch 32] [--submitters 64] [--quick]
 
 Prints the figures; no assertion. Targets: >= 1,000 jobs/s through lbproxy's core; dispatch to an idle
 warm worker <= 5 ms p50.
