@@ -13,42 +13,37 @@ from lbproxy.queue.sqlite import SqliteJobStore
 from .test_store_contract import T0, new
 
 
-async def test_concurrent_writes_share_commits(tmp_path):
+@pytest.fixture
+async def store(tmp_path):
     store = SqliteJobStore(tmp_path / "q.db", "ep", 100, 10)
     await store.open()
-    try:
-        await asyncio.gather(*(store.add(new(f"j{i}"), T0) for i in range(500)))
-        assert store.writer.operations == 500
-        assert store.writer.batches < 100  # one fsync serves many jobs
-    finally:
-        await store.close()
+    yield store
+    await store.close()
 
 
-async def test_the_file_is_in_wal_mode_with_full_sync(tmp_path):
-    store = SqliteJobStore(tmp_path / "q.db", "ep", 100, 10)
-    await store.open()
-    try:
-        await store.add(new("a"), T0)
-        mode = await store.writer.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
-        sync = await store.writer.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
-        assert (mode, sync) == ("wal", 2)  # 2 = FULL
-        # Another reader sees the committed job while lbproxy holds the file (WAL).
-        with sqlite3.connect(tmp_path / "q.db") as other:
-            assert other.execute("SELECT id FROM jobs").fetchall() == [("a",)]
-    finally:
-        await store.close()
+async def test_concurrent_writes_share_commits(store):
+    await asyncio.gather(*(store.add(new(f"j{i}"), T0) for i in range(500)))
+    assert store.writer.operations == 500
+    assert store.writer.batches < 100  # one fsync serves many jobs
 
 
-async def test_one_failing_operation_does_not_undo_the_others_in_its_batch(tmp_path):
-    store = SqliteJobStore(tmp_path / "q.db", "ep", 100, 10)
-    await store.open()
-    try:
-        results = await asyncio.gather(store.add(new("a"), T0), store.add(new("a"), T0), store.add(new("b"), T0),
-                                       return_exceptions=True)
-        assert [type(r).__name__ for r in results] == ["Job", "DuplicateJob", "Job"]
-        assert (await store.load()).queued == 2
-    finally:
-        await store.close()
+async def test_durable_writes_use_full_sync_in_wal_mode(store, tmp_path):
+    await store.add(new("a"), T0)
+    mode = await store.writer.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
+    sync = await store.writer.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
+    assert (mode, sync) == ("wal", 2)  # 2 = FULL: the commit of a submission waits for its fsync
+    lazy = await store.writer.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0], durable=False)
+    assert lazy == 1  # 1 = NORMAL: a read or a claim skips it
+    # Another reader sees the committed job while lbproxy holds the file (WAL).
+    with sqlite3.connect(tmp_path / "q.db") as other:
+        assert other.execute("SELECT id FROM jobs").fetchall() == [("a",)]
+
+
+async def test_one_failing_operation_does_not_undo_the_others_in_its_batch(store):
+    results = await asyncio.gather(store.add(new("a"), T0), store.add(new("a"), T0), store.add(new("b"), T0),
+                                   return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["Job", "DuplicateJob", "Job"]
+    assert (await store.load()).queued == 2
 
 
 def test_store_urls_and_the_default_file(tmp_path):
