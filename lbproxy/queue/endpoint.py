@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Mapping
+from typing import Any
 
 from ..admin import Admin
 from ..backends.base import StartFailed, WorkerAddress
@@ -33,6 +34,27 @@ from .sqlite import SqliteJobStore
 from .worker_api import WorkerApi
 
 log = logging.getLogger("lbproxy")
+
+
+class QueueAdmin(Admin):
+    """The admin port of a queue endpoint: its queue is the job store's, not the pool's (empty here)."""
+
+    service: QueueService
+
+    def status(self) -> dict[str, Any]:
+        status = super().status()
+        load = self.service.last_load
+        oldest = load.oldest_created_at
+        status["queue"] = {
+            "length": load.queued, "in_progress": load.in_progress,
+            "oldest_wait_seconds": round(max(0.0, self.service.clock() - oldest), 3) if oldest is not None else 0.0,
+            "note": "jobs as of the controller's latest tick; low-priority jobs are not counted",
+        }
+        return status
+
+    def counts_by_state(self) -> tuple[int, int, dict[str, int]]:
+        _, in_flight, by_state = super().counts_by_state()
+        return self.service.last_load.queued, in_flight, by_state
 
 
 class QueueEvents:
@@ -124,7 +146,8 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
     client = ClientApi(config, service)
     if not client.keys.enabled:
         log.warning("auth.api_keys is empty: the endpoint is open to anyone who can reach %s", config.listen)
-    admin = Admin(config, pool, controller, metrics.render, backend.describe, lambda: config_notices)
+    admin = QueueAdmin(config, pool, controller, metrics.render, backend.describe, lambda: config_notices)
+    admin.service = service
     metrics.watch(admin.counts_by_state, lambda: controller.leading)
     client_runner, client_url = await _start_site(client.app(), config.listen.host, config.listen.port, grace)
     admin_runner, admin_url = await _start_site(admin.app(), config.admin.host, config.admin.port, grace)

@@ -24,7 +24,7 @@ from .answers import JobCounts, WorkerCounts, status_body
 from .jobs import Job, JobState, NewJob
 from .results import Outcome, read_chunk, read_result
 from .sessions import WorkerSession
-from .store import JobStore
+from .store import JobStore, Load
 from .submissions import Defaults
 from .webhooks import Webhooks
 
@@ -76,6 +76,7 @@ class QueueService:
         self._finished: dict[str, list[asyncio.Future[Job | None]]] = {}
         self._stop_hooks: list[Callable[[str, str], None]] = []  # (worker id, job id): http delivery
         self._sweeper: asyncio.Task[None] | None = None
+        self.last_load = Load(0, None, 0)  # as of the controller's latest tick, for /status and /metrics
         pool.on_state_change(self._worker_state)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class QueueService:
 
     async def snapshot(self, blocked_until: float, pending_starts: int) -> Snapshot:
         """The controller's view: the pool's workers with the queue's jobs (low priority left out)."""
-        load = await self.store.load()
+        load = self.last_load = await self.store.load()
         snap = self.pool.snapshot(blocked_until, pending_starts)
         oldest = None
         if load.oldest_created_at is not None:
@@ -180,7 +181,7 @@ class QueueService:
 
     def session_for(self, worker_id: str) -> WorkerSession:
         """A new worker's session (its secret goes into its environment before it starts)."""
-        session = self.sessions[worker_id] = WorkerSession(worker_id)
+        session = self.sessions[worker_id] = WorkerSession(worker_id, created=self.clock())
         return session
 
     def watch(self, w: Worker) -> None:
@@ -192,10 +193,16 @@ class QueueService:
     def contact(self, session: WorkerSession) -> Worker | None:
         """Any authenticated request from a worker: the first one makes it READY."""
         w = self.pool.get(session.id)
-        if w is not None and not session.contacted:
+        session.last_seen = self.clock()
+        if w is None:
+            return None
+        if not session.contacted:
             session.contacted = True
             if w.state is WorkerState.STARTING:
                 self.pool.set_state(w, WorkerState.READY, "in touch with the worker API")
+        elif w.state is WorkerState.UNHEALTHY:
+            log.info("worker %s is in touch again", w.id)
+            self.pool.set_state(w, WorkerState.READY, "in touch with the worker API again")
         return w
 
     async def take(self, session: WorkerSession, wanted: int) -> list[Job]:
@@ -387,7 +394,14 @@ class QueueService:
         for job in await self.store.time_out(now):
             log.info("job %s timed out on worker %s", job.id, job.worker_id)
             self._ended(job)
-        self._settled(await self.store.expire_leases(now, self.max_attempts))
+        lost = await self.store.expire_leases(now, self.max_attempts)
+        if lost:
+            lapsed = {j.id for j in lost}
+            for session in self.sessions.values():
+                if session.held & lapsed:
+                    session.held -= lapsed
+                    self._update_busy(session)
+        self._settled(lost)
         for gone in await self.store.expire(now):
             if gone.worker_id is not None:
                 self._stop_on_worker(gone.worker_id, gone.id)
@@ -396,6 +410,7 @@ class QueueService:
                     fut.set_result(None)
         await self.store.purge_results(now)
         for session in list(self.sessions.values()):
+            self._check_silence(session, now)
             late = [j for j, at in session.stopping.items() if now - at >= self.stop_grace]
             if late and not session.gone:
                 session.retiring = (f"still running job {late[0]} {self.stop_grace:g}s after it was stopped "
@@ -404,3 +419,14 @@ class QueueService:
                 log.warning("replacing worker %s: %s", session.id, session.retiring)
                 self.retire(session.id, session.retiring)
 
+    def _check_silence(self, session: WorkerSession, now: float) -> None:
+        """A ready worker silent for a whole lease (frozen, cut off) is unhealthy: it gets no jobs, and the
+        policy replaces it once it holds none. A session whose process never started is dropped."""
+        w = self.pool.get(session.id)
+        if w is None:
+            if not session.contacted and now - session.created > self.lease:
+                del self.sessions[session.id]
+            return
+        if w.state is WorkerState.READY and session.contacted and now - session.last_seen > self.lease:
+            log.warning("worker %s unhealthy: no request for %.0fs (queue.lease)", w.id, now - session.last_seen)
+            self.pool.set_state(w, WorkerState.UNHEALTHY, f"silent for more than queue.lease ({self.lease:g}s)")

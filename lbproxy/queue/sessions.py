@@ -20,6 +20,8 @@ class WorkerSession:
     stop_wake: asyncio.Event = field(default_factory=asyncio.Event)
     retiring: str = ""  # why it gets no more jobs and is stopped once idle (stopPod, a job it would not let go)
     contacted: bool = False
+    last_seen: float = 0.0  # service clock of its latest request (0: none yet)
+    created: float = 0.0
     gone: bool = False
 
     def allows(self, authorization: str | None) -> bool:

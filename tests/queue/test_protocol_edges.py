@@ -94,6 +94,18 @@ async def test_a_waiting_take_gets_a_job_as_soon_as_it_is_committed(stand_queue)
     assert (await q.status(job_id))["status"] == "IN_PROGRESS"
 
 
+async def test_the_admin_status_shows_the_job_queue(stand_queue):
+    q, _ = await stand_queue()
+    for i in range(2):
+        await q.run({"input": i})
+    await q.run({"input": "low", "policy": {"lowPriority": True}})
+
+    async def queue_of_two():
+        queue = (await q.ep.status())["queue"]
+        return queue if queue["length"] == 2 else None  # low priority is not counted (it drives no scaling)
+    assert (await until(queue_of_two, 10, "the admin queue length"))["in_progress"] == 0
+
+
 async def test_batch_takes_answer_a_list(stand_queue):
     q, w = await stand_queue()
     ids = [await q.run({"input": i}) for i in range(3)]

@@ -159,6 +159,9 @@ async def test_a_frozen_worker_loses_its_job_when_the_lease_runs_out(start_queue
     try:
         failed = await q.wait_state(job_id, "FAILED", timeout=30)
         assert failed["error"] == "worker lost"
+        # Silent for a whole lease: unhealthy, no more jobs; replaced once it holds none.
+        await q.ep.wait_workers(lambda ws: all(w["id"] != worker["id"] or w["state"] != "ready" for w in ws),
+                                "the frozen worker out of rotation")
     finally:
         os.killpg(worker["pid"], signal.SIGCONT)
 
