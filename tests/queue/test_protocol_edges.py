@@ -266,3 +266,19 @@ async def test_the_sdk_client_purges_the_queue_and_reads_health(stand_queue, run
         assert (await q.health())["jobs"]["inQueue"] == 0
     finally:
         await sdk.close()
+
+
+async def test_a_timed_out_job_is_put_on_the_stop_channel_and_its_late_result_dropped(stand_queue):
+    q, w = await stand_queue(queue={"lease": "30s", "stop_grace": "30s"})
+    job_id = await q.run({"input": 1, "policy": {"executionTimeout": 5000}})
+    await w.take()
+    stop_url = w.url("RUNPOD_WEBHOOK_GET_JOB").replace("/job-take/", "/job-stop/")
+    r = await w.http.get(stop_url)  # held until the timeout puts the job on the channel
+    while r.status_code == 204:
+        await w.ping(job_id)
+        r = await w.http.get(stop_url)
+    assert r.json() == {"jobsToStop": [job_id]}
+    assert (await q.status(job_id))["status"] == "TIMED_OUT"
+    assert (await w.done(job_id, {"output": "late"})).status_code == 200
+    s = await q.status(job_id)
+    assert s["status"] == "TIMED_OUT" and "output" not in s
