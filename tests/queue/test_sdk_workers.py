@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -133,7 +135,9 @@ async def test_a_worker_that_dies_holding_a_job_gets_it_requeued(start_queue):
     job_id = await q.run({"input": {"sleep": 30}})
     running = await q.wait_state(job_id, "IN_PROGRESS")
     worker = next(w for w in await q.ep.workers() if w["id"] == running["workerId"])
-    os.killpg(worker["pid"], signal.SIGKILL)
+    assert len(group(worker["pid"])) >= 2  # the SDK's main process and its ping process
+    os.kill(worker["pid"], signal.SIGKILL)  # the main process only: its ping child would go on renewing
+    await until(lambda: not group(worker["pid"]), 10, "the worker's whole process group gone")
     # Requeued at once (the process exit is the signal) and taken by a new worker.
     async def retaken():
         s = await q.status(job_id)
@@ -141,6 +145,18 @@ async def test_a_worker_that_dies_holding_a_job_gets_it_requeued(start_queue):
     s = await until(retaken, 30, "the job running on a new worker")
     assert s["retries"] == 1
     assert (await q.health())["jobs"]["retried"] == 1
+
+
+def group(pgid: int) -> list[int]:
+    """Live processes of a process group (zombies excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    found.append(int(entry.name))
+    return found
 
 
 async def test_a_job_whose_workers_keep_dying_fails_as_worker_lost_after_max_attempts(start_queue):
