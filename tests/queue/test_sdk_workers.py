@@ -205,3 +205,16 @@ async def test_the_queue_example_serves_a_job_to_the_sdk_client(start_endpoint, 
         assert result["output"]["echo"] == "hello world" and result["output"]["words"] == 2
     finally:
         await q.close()
+
+
+async def test_cancel_of_a_running_sync_job_replaces_its_worker(start_queue):
+    q = await start_queue("sync", workers={"max": 1})
+    result = await q.sdk("cancel", input={"sleep": 30})
+    assert result["final"] == "CANCELLED"
+    job = await q.status(result["id"])
+    # The SDK cannot interrupt a sync handler: after queue.stop_grace its worker goes, and a new one serves.
+    await q.ep.wait_workers(lambda ws: all(w["id"] != job["workerId"] for w in ws), "the blocked worker gone",
+                            timeout=30)
+    after = await q.sdk("run_sync", input={"next": 1})
+    assert after["output"]["worker"] != job["workerId"]
+    assert (await q.status(result["id"]))["status"] == "CANCELLED"
