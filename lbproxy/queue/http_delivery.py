@@ -3,8 +3,8 @@
 Each job is POSTed as ``{"id", "input"}`` to ``worker.job_path`` on a ready worker with a free slot (the
 pool's routing and ``workers.concurrency``). A JSON answer is the output; an ``application/x-ndjson`` or
 ``text/event-stream`` answer is read line by line into stream chunks; any other 2xx body is the output as
-text; a non-2xx answer or a broken connection is FAILED with the reason. Cancel and timeout close the
-connection, which is how a plain HTTP server learns that its client went away.
+text; a non-2xx answer is FAILED with the reason; a broken connection requeues the job (its lease lapses).
+Cancel and timeout close the connection, which is how a plain HTTP server learns that its client went away.
 """
 
 from __future__ import annotations
@@ -106,7 +106,12 @@ class HttpDelivery:
                     else:
                         state, output = JobState.COMPLETED, _output(data, kind)
         except (aiohttp.ClientError, OSError) as exc:
-            error = json.dumps(f"the worker failed: {exc or type(exc).__name__}")
+            # The worker went away (crashed, restarted, closed the connection): infrastructure, not the job's
+            # fault. Its lease is no longer renewed, so the job is requeued when it lapses (or at once when the
+            # worker's process exits), as with an SDK worker.
+            log.warning("job %s: worker %s failed mid-job (%s); the job goes back to the queue",
+                        job.id, w.id, exc or type(exc).__name__)
+            return
         except asyncio.CancelledError:
             return  # cancelled or timed out: the store has the final state already
         finally:

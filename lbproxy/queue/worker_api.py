@@ -124,7 +124,9 @@ class WorkerApi:
         if isinstance(session, web.Response):
             return session
         body = await self._read(request)
-        if body is not None:
+        if body is None:  # a lost chunk would leave a silent hole in the stream: the job fails instead
+            await self.service.fail_oversized(session, request.match_info["job"], self.result_limit)
+        else:
             await self.service.chunk(session, request.match_info["job"], body)
         return web.Response(status=200, body=b'{"status":"ok"}', content_type="application/json")
 

@@ -1,6 +1,6 @@
 """A plain HTTP worker for ``queue.delivery: http``: no SDK, just the load-balancer worker contract plus
 ``POST /run`` taking ``{"id", "input"}``. input.stream=N answers N NDJSON lines; input.sleep waits;
-input.status answers that HTTP status."""
+input.status answers that HTTP status; input.exit crashes the worker."""
 
 import asyncio
 import json
@@ -17,6 +17,8 @@ async def run(request):
     job = await request.json()
     data = job["input"] if isinstance(job["input"], dict) else {}
     await asyncio.sleep(float(data.get("sleep", 0)))
+    if data.get("exit"):
+        os._exit(1)  # a crash mid-job
     if "status" in data:
         return web.json_response({"bad": True}, status=int(data["status"]))
     if "stream" in data:

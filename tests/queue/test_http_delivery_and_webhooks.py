@@ -51,6 +51,13 @@ async def test_http_delivery_streams_an_ndjson_answer_and_fails_on_an_error_stat
     assert failed.json()["status"] == "FAILED" and "500" in failed.json()["error"]
 
 
+async def test_http_delivery_requeues_the_job_of_a_worker_that_crashes(http_queue):
+    q = await http_queue(queue={"delivery": "http", "max_attempts": 2})
+    job_id = await q.run({"input": {"exit": True}})
+    failed = await q.wait_state(job_id, "FAILED", timeout=60)
+    assert failed["error"] == "worker lost" and failed["retries"] == 1  # infrastructure loss, handed out twice
+
+
 async def test_http_delivery_times_out_a_slow_job_and_frees_the_worker(http_queue):
     q = await http_queue(workers={"active": 0, "max": 1, "concurrency": 1})
     slow = await q.run({"input": {"sleep": 60}, "policy": {"executionTimeout": 5000}})
