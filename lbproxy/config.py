@@ -311,8 +311,8 @@ class QueueSettings(_Settings):
     again at once on an empty answer, so it must be held)."""
     stop_grace: Annotated[float, _duration(1.0)] = 5.0
     """After a cancel or execution timeout, how long the worker has to let go of the job (an async handler
-    is stopped through job-stop); a worker still holding it then is stopped and replaced (a sync handler
-    cannot be interrupted)."""
+    is stopped through job-stop, and its pings stop listing it); a worker still holding it then is stopped and
+    replaced (a sync handler cannot be interrupted). More than two `ping_interval`s."""
     max_run_body: Annotated[int, BeforeValidator(_byte_size)] = 10_000_000
     """Largest `/run` body (Runpod: 10 MB); larger gets 413."""
     max_runsync_body: Annotated[int, BeforeValidator(_byte_size)] = 20_000_000
@@ -326,10 +326,16 @@ class QueueSettings(_Settings):
     """Time between webhook attempts (Runpod: 10 s)."""
 
     @model_validator(mode="after")
-    def _lease_outlasts_pings(self) -> QueueSettings:
-        if self.lease < 2 * round(self.ping_interval):
-            pings = 2 * round(self.ping_interval)
-            raise _field_errors([(("lease",), f"must be at least two ping intervals ({pings}s)")])
+    def _outlast_two_pings(self) -> QueueSettings:
+        """A lost job and a released one are both told by pings that leave it out: allow for two of them."""
+        pings = 2 * round(self.ping_interval)
+        problems: list[tuple[Loc, str]] = []
+        if self.lease < pings:
+            problems.append((("lease",), f"must be at least two ping intervals ({pings}s)"))
+        if self.stop_grace <= pings:
+            problems.append((("stop_grace",), f"must be more than two ping intervals ({pings}s)"))
+        if problems:
+            raise _field_errors(problems)
         return self
 
 

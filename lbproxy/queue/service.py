@@ -230,6 +230,8 @@ class QueueService:
                 session.held.update(j.id for j in jobs)
                 self.pool.set_in_flight(w, session.busy)
                 if jobs:
+                    log.debug("worker %s took %s", session.id, [j.id for j in jobs])
+                if jobs:
                     return jobs
                 if self._added != seen:
                     continue  # a job arrived while we claimed: look again before sleeping
@@ -293,8 +295,14 @@ class QueueService:
         listed = set(job_ids)
         for job_id in list(session.stopping):
             if job_id not in listed:
-                session.let_go(job_id)
-            elif job_id not in session.stops:
+                # Missing from two pings: one sent just before the worker recorded the job (a cancel right
+                # after the take) may arrive after the stop; a second one, an interval later, cannot.
+                session.misses[job_id] = session.misses.get(job_id, 0) + 1
+                if session.misses[job_id] >= 2:
+                    session.let_go(job_id)
+                continue
+            session.misses.pop(job_id, None)
+            if job_id not in session.stops:
                 # Still running: the SDK drops a stop for a job it took but has not started yet, so say it
                 # again (stopping an unknown job is a no-op for the SDK) until stop_grace runs out.
                 session.stops.append(job_id)
@@ -364,6 +372,8 @@ class QueueService:
 
     def _stop_on_worker(self, worker_id: str, job_id: str) -> None:
         session = self.sessions.get(worker_id)
+        log.debug("stop job %s on worker %s (held: %s)", job_id, worker_id,
+                  session is not None and job_id in session.held)
         if session is not None and (job_id in session.held or job_id in session.stopping):
             session.signal_stop(job_id, self.clock())
         for hook in self._stop_hooks:

@@ -17,6 +17,7 @@ class WorkerSession:
     held: set[str] = field(default_factory=set)  # jobs taken and not reported
     stopping: dict[str, float] = field(default_factory=dict)  # job id -> when it was told to stop
     stops: list[str] = field(default_factory=list)  # stop signals not fetched yet through job-stop
+    misses: dict[str, int] = field(default_factory=dict)  # stopped job -> pings in a row that left it out
     stop_wake: asyncio.Event = field(default_factory=asyncio.Event)
     retiring: str = ""  # why it gets no more jobs and is stopped once idle (stopPod, a job it would not let go)
     contacted: bool = False
@@ -42,6 +43,7 @@ class WorkerSession:
     def let_go(self, job_id: str) -> None:
         self.held.discard(job_id)
         self.stopping.pop(job_id, None)
+        self.misses.pop(job_id, None)
 
     def take_stops(self) -> list[str]:
         stops, self.stops = self.stops, []

@@ -14,7 +14,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,50 @@ def queue_config(python: Path, kind: str = "sync", env: dict[str, str] | None = 
     return deep_merge(cfg, overrides)
 
 
+class SdkClient:
+    """One long-lived ``sdk_client.py --serve`` process for the session: the SDK is imported once."""
+
+    def __init__(self, python: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "LBPROXY_"))}
+        env.update(SAFE_ENV)
+        self.proc = subprocess.Popen([str(python), str(SDK_CLIENT), "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, text=True)
+        self.lock = threading.Lock()
+
+    def call(self, op: str, base: str, args: dict[str, Any]) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        with self.lock:
+            self.proc.stdin.write(json.dumps({"op": op, "base": base, "args": args}) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        assert line, f"the SDK client process exited ({self.proc.poll()})"
+        answer = json.loads(line)
+        assert "ok" in answer, f"sdk client {op} failed:\n{answer['error']}"
+        return answer["ok"]
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def sdk_client(runpod_python: Path) -> Iterator[SdkClient]:
+    client = SdkClient(runpod_python)
+    yield client
+    client.close()
+
+
 class Queue:
     """Raw HTTP access to a queue endpoint's client API, plus the SDK client in its own venv."""
 
-    def __init__(self, ep: Endpoint, python: Path, key: str | None = None) -> None:
+    def __init__(self, ep: Endpoint, python: Path, key: str | None = None, client: SdkClient | None = None) -> None:
         self.ep = ep
+        self.client = client
         self.python = python
         self.key = key
         self.base = f"{ep.url}/v2/{ep.config['name']}"
@@ -102,14 +142,21 @@ class Queue:
         data: dict[str, Any] = (await self.http.get(f"{self.base}/health")).json()
         return data
 
-    async def sdk(self, script: str, timeout: float = 60.0, **args: Any) -> Any:
-        """Run ``sdk_client.py`` (the real runpod client) with one operation; returns its JSON output."""
+    async def sdk(self, op: str, timeout: float = 60.0, **args: Any) -> Any:
+        """One operation of the real runpod client (``sdk_client.py``, in the SDK's venv); its JSON answer."""
+        args = {"endpoint": self.ep.config["name"], "key": self.key or "none", **args}
+        if self.client is not None:
+            return await asyncio.wait_for(asyncio.to_thread(self.client.call, op, f"{self.ep.url}/v2", args), timeout)
+        return await self.sdk_process(op, timeout, **args)
+
+    async def sdk_process(self, script: str, timeout: float = 60.0, **args: Any) -> Any:
+        """The same in a fresh process, pointed at lbproxy by RUNPOD_ENDPOINT_BASE_URL as a user would."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "LBPROXY_"))}
         env.update(SAFE_ENV)
         env["RUNPOD_ENDPOINT_BASE_URL"] = f"{self.ep.url}/v2"
+        args = {"endpoint": self.ep.config["name"], "key": self.key or "none", **args}
         proc = await asyncio.create_subprocess_exec(
-            str(self.python), str(SDK_CLIENT), script, json.dumps({"endpoint": self.ep.config["name"],
-                                                                   "key": self.key or "none", **args}),
+            str(self.python), str(SDK_CLIENT), script, json.dumps(args),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -122,14 +169,15 @@ class Queue:
 
 
 @pytest.fixture
-async def start_queue(start_endpoint: Callable[..., Any], runpod_python: Path) -> AsyncIterator[Any]:
+async def start_queue(start_endpoint: Callable[..., Any], runpod_python: Path,
+                      sdk_client: SdkClient) -> AsyncIterator[Any]:
     """``q = await start_queue(kind, **overrides)``: lbproxy serving a queue endpoint of SDK workers."""
     opened: list[Queue] = []
 
     async def start(kind: str = "sync", env: dict[str, str] | None = None, key: str | None = None,
                     **overrides: Any) -> Queue:
         ep = await start_endpoint(**queue_config(runpod_python, kind, env, **overrides))
-        q = Queue(ep, runpod_python, key)
+        q = Queue(ep, runpod_python, key, sdk_client)
         opened.append(q)
         return q
 

@@ -54,7 +54,7 @@ async def stand_queue(start_endpoint, tmp_path):
         dump = tmp_path / f"env{len(opened)}"
         dump.mkdir()
         cfg = {"type": "queue", "workers": {"active": 1, "max": 1},
-               "queue": {"ping_interval": "1s", "lease": "3s", "take_hold": "1s", "stop_grace": "2s"},
+               "queue": {"ping_interval": "1s", "lease": "3s", "take_hold": "1s", "stop_grace": "3s"},
                "worker": {"command": [sys.executable, str(HERE / "env_worker.py")], "stop_grace": "2s",
                           "env": {"ENV_DUMP_DIR": str(dump)}}}
         ep = await start_endpoint(**deep_merge(cfg, overrides))
@@ -252,9 +252,9 @@ async def test_the_ttl_removes_a_queued_job_and_a_running_one(stand_queue):
 
 
 @pytest.mark.slow
-async def test_the_sdk_client_purges_the_queue_and_reads_health(stand_queue, runpod_python):
+async def test_the_sdk_client_purges_the_queue_and_reads_health(stand_queue, runpod_python, sdk_client):
     q, w = await stand_queue(key="k1", auth={"api_keys": ["k1"]}, queue={"lease": "60s"})
-    sdk = Queue(q.ep, runpod_python, "k1")
+    sdk = Queue(q.ep, runpod_python, "k1", sdk_client)
     try:
         for i in range(3):
             await q.run({"input": i})

@@ -21,6 +21,7 @@ def test_queue_defaults_follow_runpod():
 @pytest.mark.parametrize("queue, problem", [
     ({"store": "postgres://db/q"}, "queue.store: must start with sqlite:"),
     ({"lease": "3s", "ping_interval": "2s"}, "queue.lease: must be at least two ping intervals (4s)"),
+    ({"stop_grace": "4s", "ping_interval": "2s"}, "queue.stop_grace: must be more than two ping intervals (4s)"),
     ({"max_attempts": 0}, "queue.max_attempts:"),
     ({"delivery": "push"}, "queue.delivery: must be 'sdk' or 'http'"),
     ({"retention": "forever"}, "queue.retention: invalid duration"),

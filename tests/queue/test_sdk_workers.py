@@ -201,7 +201,8 @@ async def test_the_queue_example_serves_a_job_to_the_sdk_client(start_endpoint, 
     cfg["worker"]["command"][0] = str(runpod_python)  # the README's .venv-worker, built once by the fixture
     q = Queue(await start_endpoint(**cfg), runpod_python)
     try:
-        result = await q.sdk("run_sync", input={"prompt": "hello world"})
+        # A fresh client process, pointed at lbproxy by RUNPOD_ENDPOINT_BASE_URL alone, as the README says.
+        result = await q.sdk_process("run_sync", input={"prompt": "hello world"})
         assert result["output"]["echo"] == "hello world" and result["output"]["words"] == 2
     finally:
         await q.close()
