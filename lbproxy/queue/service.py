@@ -31,7 +31,7 @@ from .webhooks import Webhooks
 log = logging.getLogger("lbproxy.queue")
 
 SWEEP_INTERVAL = 0.5
-LEAVING_HOLD = 1.0
+LEAVING_HOLD = 0.25
 _LEAVING = (WorkerState.DRAINING, WorkerState.STOPPING, WorkerState.EXITED)
 _LIVE = (WorkerState.STARTING, WorkerState.READY)
 

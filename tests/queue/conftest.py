@@ -168,6 +168,27 @@ class Queue:
         return json.loads(out.decode().strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def shared_sync_endpoint(runpod_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    """One endpoint of sync SDK workers for the tests that only submit jobs to it (each worker start costs
+    seconds of SDK import). Tests on it must not depend on what the others left (compare counts, not totals)."""
+    from ..conftest import base_config, launch, pid_alive
+
+    cfg = base_config(**queue_config(runpod_python, "sync"))
+    ep = asyncio.run(launch(cfg, tmp_path_factory.mktemp("shared-queue")))
+    yield ep
+    assert ep.terminate() == 0, ep.log()[-3000:]
+    assert not [pid for pid in ep.seen_pids if pid_alive(pid)]
+
+
+@pytest.fixture
+async def shared_sync_queue(shared_sync_endpoint: Endpoint, runpod_python: Path,
+                            sdk_client: SdkClient) -> AsyncIterator[Queue]:
+    q = Queue(shared_sync_endpoint, runpod_python, None, sdk_client)
+    yield q
+    await q.close()
+
+
 @pytest.fixture
 async def start_queue(start_endpoint: Callable[..., Any], runpod_python: Path,
                       sdk_client: SdkClient) -> AsyncIterator[Any]:
