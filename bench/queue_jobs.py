@@ -1,7 +1,7 @@
 """Queue endpoint benchmark: jobs/s through /run -> worker -> result, and /run -> handler-start latency.
 
-lbproxy runs pinned to one core with SQLite committing durably (WAL, synchronous=FULL, on the repository's
-disk, not tmpfs); the workers and the load generator share the other core. Two worker kinds:
+lbproxy runs pinned to one core with SQLite committing durably (WAL fsynced before /run answers, on the
+repository's disk, not tmpfs); the workers and the load generator share the other core. Two worker kinds:
 ``lean`` (bench/queue_worker.py: the SDK's wire protocol in aiohttp, batch takes, no SDK overhead: it
 drives the throughput figure) and ``sdk`` (bench/queue_sdk_handler.py: an unchanged runpod async handler with
 concurrency, from the tests' cached venv .cache/runpod-1.12.0, when present).
@@ -173,7 +173,7 @@ def main() -> int:
     data = Path(tempfile.mkdtemp(prefix="bench-queue-", dir=ROOT / ".cache" if (ROOT / ".cache").is_dir() else None))
     fs = subprocess.run(["df", "-T", str(data)], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
     results = {"setup": {"lbproxy_cpu": args.cpus[0], "load_cpu": args.cpus[1], "store": f"SQLite WAL, "
-               f"synchronous=FULL, on {fs}", "workers": args.workers, "batch": args.batch,
+               f"fsynced before /run answers, on {fs}", "workers": args.workers, "batch": args.batch,
                "submitters": args.submitters, "python": sys.version.split()[0]}, "runs": []}
     try:
         kinds = ["lean"] + ([] if args.no_sdk or not SDK_PYTHON.exists() else ["sdk"])

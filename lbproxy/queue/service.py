@@ -113,9 +113,7 @@ class QueueService:
     # -- clients -----------------------------------------------------------------------------------
 
     async def submit(self, job: NewJob) -> Job:
-        stored = await self.store.add(job, self.clock())
-        self._available()
-        return stored
+        return await self.store.add(job, self.clock(), on_committed=lambda _: self._available())
 
     async def wait_finished(self, job_id: str, wait: float) -> Job | None:
         """The job once terminal, or as it is after ``wait`` seconds; None when it is gone (TTL)."""

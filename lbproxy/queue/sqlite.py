@@ -1,13 +1,14 @@
 """The SQLite job store (the default): one file per endpoint, WAL, durable commits grouped by ``Writer``.
 
 WAL lets readers (``sqlite3`` on the command line, a backup) look while lbproxy writes; it needs a local
-filesystem (not NFS). ``synchronous=FULL``: a commit survives power loss, not only a crash of lbproxy.
+filesystem (not NFS). A durable operation returns once the WAL holding it is fsynced (what
+``synchronous=FULL`` does), so it survives a power loss, not only a crash of lbproxy.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,6 @@ class SqliteJobStore:
     @staticmethod
     def _setup(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
 
@@ -138,7 +138,7 @@ class SqliteJobStore:
 
     # -- JobStore --------------------------------------------------------------------------------------
 
-    async def add(self, job: NewJob, now: float) -> Job:
+    async def add(self, job: NewJob, now: float, on_committed: Callable[[Job], None] | None = None) -> Job:
         def op(conn: sqlite3.Connection) -> Job:
             try:
                 conn.execute(
@@ -150,7 +150,7 @@ class SqliteJobStore:
                 raise DuplicateJob(job.id) from None
             return Job(job.id, JobState.IN_QUEUE, job.payload, job.webhook, job.low_priority, job.sync, now,
                        now + job.ttl, job.execution_timeout)
-        return await self.writer.run(op)
+        return await self.writer.run(op, visible=on_committed)
 
     async def get(self, job_id: str) -> Job | None:
         return await self.writer.run(lambda conn: self._one(conn, job_id), durable=False)

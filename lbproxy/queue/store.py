@@ -12,6 +12,7 @@ job-done idempotent (the first terminal result wins).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,8 +49,10 @@ class JobStore(Protocol):
     async def close(self) -> None:
         """Finish pending writes and release the storage."""
 
-    async def add(self, job: NewJob, now: float) -> Job:
-        """Store a new job IN_QUEUE (committed on return). Raises DuplicateJob."""
+    async def add(self, job: NewJob, now: float, on_committed: Callable[[Job], None] | None = None) -> Job:
+        """Store a new job IN_QUEUE, durably on return. Raises DuplicateJob. ``on_committed(job)`` runs on the
+        loop once the job can be claimed, which may be before it is on disk (and before this returns): a
+        waiting worker need not wait for the fsync, since a job lost to a crash then was never acknowledged."""
         ...
 
     async def get(self, job_id: str) -> Job | None: ...

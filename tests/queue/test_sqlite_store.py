@@ -21,19 +21,21 @@ async def store(tmp_path):
     await store.close()
 
 
-async def test_concurrent_writes_share_commits(store):
+async def test_concurrent_writes_share_commits_and_fsyncs(store):
     await asyncio.gather(*(store.add(new(f"j{i}"), T0) for i in range(500)))
     assert store.writer.operations == 500
-    assert store.writer.batches < 100  # one fsync serves many jobs
+    assert store.writer.batches < 100 and store.writer.syncs <= store.writer.batches  # one fsync, many jobs
 
 
-async def test_durable_writes_use_full_sync_in_wal_mode(store, tmp_path):
-    await store.add(new("a"), T0)
-    mode = await store.writer.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
-    sync = await store.writer.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
-    assert (mode, sync) == ("wal", 2)  # 2 = FULL: the commit of a submission waits for its fsync
-    lazy = await store.writer.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0], durable=False)
-    assert lazy == 1  # 1 = NORMAL: a read or a claim skips it
+async def test_durable_writes_wait_for_an_fsync_of_the_wal_and_others_do_not(store, tmp_path):
+    mode = await store.writer.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0], durable=False)
+    assert mode == "wal" and store.writer.syncs == 0
+    seen: list[str] = []
+    await store.add(new("a"), T0, on_committed=lambda job: seen.append(job.id))
+    assert store.writer.syncs == 1 and seen == ["a"]  # answered after its fsync, visible before it
+    await store.claim("w", 1, T0, 30)
+    await store.get("a")
+    assert store.writer.syncs == 1  # a claim or a read waits for no disk
     # Another reader sees the committed job while lbproxy holds the file (WAL).
     with sqlite3.connect(tmp_path / "q.db") as other:
         assert other.execute("SELECT id FROM jobs").fetchall() == [("a",)]
