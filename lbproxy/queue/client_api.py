@@ -10,7 +10,7 @@ from aiohttp import web
 from ..auth import ApiKeys
 from ..config import Config
 from .answers import accepted_body, health_body, status_body, stream_body
-from .http_errors import Handler, json_answer, json_error, json_errors
+from .http_errors import Handler, json_answer, json_error
 from .jobs import JobState
 from .service import QueueService, new_job_id
 from .store import DuplicateJob
@@ -27,32 +27,40 @@ class ClientApi:
         self.stopping = False
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=max(self.run_limit, self.runsync_limit) + 1,
-                              middlewares=[self._guard])
+        # No middleware: each one costs every request a layer of calls, and the client API is the hot path of
+        # a queue (every job's /run). Routes are wrapped instead, and a catch-all answers JSON 404s.
+        app = web.Application(client_max_size=max(self.run_limit, self.runsync_limit) + 1)
         r = app.router
         base = "/v2/{endpoint}"
-        r.add_post(f"{base}/run", self.run)
-        r.add_post(f"{base}/runsync", self.runsync)
+        guard = self._guarded
+        r.add_post(f"{base}/run", guard(self.run))
+        r.add_post(f"{base}/runsync", guard(self.runsync))
         for verb in ("GET", "POST"):
-            r.add_route(verb, f"{base}/status/{{id}}", self.status)
-            r.add_route(verb, f"{base}/stream/{{id}}", self.stream)
-        r.add_post(f"{base}/cancel/{{id}}", self.cancel)
-        r.add_post(f"{base}/retry/{{id}}", self.retry)
-        r.add_post(f"{base}/purge-queue", self.purge_queue)
-        r.add_get(f"{base}/health", self.health)
+            r.add_route(verb, f"{base}/status/{{id}}", guard(self.status))
+            r.add_route(verb, f"{base}/stream/{{id}}", guard(self.stream))
+        r.add_post(f"{base}/cancel/{{id}}", guard(self.cancel))
+        r.add_post(f"{base}/retry/{{id}}", guard(self.retry))
+        r.add_post(f"{base}/purge-queue", guard(self.purge_queue))
+        r.add_get(f"{base}/health", guard(self.health))
+        r.add_route("*", r"/{tail:[\s\S]*}", self.no_route)
         return app
 
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def _guarded(self, handler: Handler) -> Handler:
         """Auth (Bearer or the raw key, as Runpod's docs use both), then the endpoint name."""
-        if not self.keys.allows(request.headers.get("Authorization"), raw=True):
-            return json_error(401, "unauthorized", "send a valid API key as 'Authorization: Bearer <key>'")
-        endpoint = request.match_info.get("endpoint")
-        if endpoint is not None and endpoint != self.name:
-            return json_error(404, "no_such_endpoint", f"this is endpoint {self.name!r}, not {endpoint!r}")
-        if self.stopping and request.path.endswith(("/run", "/runsync")):
-            return json_error(503, "shutting_down", "the endpoint is shutting down; submit again shortly")
-        return await json_errors(request, handler)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if not self.keys.allows(request.headers.get("Authorization"), raw=True):
+                return json_error(401, "unauthorized", "send a valid API key as 'Authorization: Bearer <key>'")
+            endpoint = request.match_info["endpoint"]
+            if endpoint != self.name:
+                return json_error(404, "no_such_endpoint", f"this is endpoint {self.name!r}, not {endpoint!r}")
+            if self.stopping and handler in (self.run, self.runsync):
+                return json_error(503, "shutting_down", "the endpoint is shutting down; submit again shortly")
+            return await handler(request)
+        return guarded
+
+    async def no_route(self, request: web.Request) -> web.Response:
+        return json_error(404, "not_found", f"{request.method} {request.path}: no such route; see /v2/{self.name}/"
+                          "run, runsync, status/ID, stream/ID, cancel/ID, retry/ID, purge-queue, health")
 
     async def _body(self, request: web.Request, limit: int, setting: str) -> bytes | web.Response:
         if request.content_length is None or request.content_length <= limit:
