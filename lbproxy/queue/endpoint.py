@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..health import HealthProber
 from ..metrics import Metrics
 from ..policy import WorkerState
 from ..pool import WorkerPool
-from ..server import _start_site, _url, scaling_settings
+from ..server import BindError, _start_site, _url, bind, scaling_settings
 from .client_api import ClientApi
 from .http_delivery import HttpDelivery
 from .locations import store_path
@@ -87,9 +88,28 @@ class QueueEvents:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def _bind_all(config: Config) -> list[socket.socket]:
+    """listen, admin and queue.worker_listen, bound before anything starts; BindError names the key."""
+    socks: list[socket.socket] = []
+    try:
+        for key, address in (("listen", config.listen), ("admin", config.admin),
+                             ("queue.worker_listen", config.queue.worker_listen)):
+            socks.append(bind(key, address))
+    except BindError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
 async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str, str] | None) -> int:
     loop = asyncio.get_running_loop()
     q = config.queue
+    try:  # a port in use stops lbproxy before it opens the store or starts a worker
+        listen_sock, admin_sock, worker_sock = _bind_all(config)
+    except BindError as exc:
+        log.error("%s", exc)
+        return 2
     metrics = Metrics(config.name)
     pool = WorkerPool(config.workers.concurrency, config.limits.max_queue, config.timeouts.wait)
     store = SqliteJobStore(store_path(config.name, q.store, environ), config.name, q.retention, q.sync_retention)
@@ -114,10 +134,11 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         await service.start()
     except Exception as exc:  # an unreadable or locked store: say where, exit 2 like a bad config
         log.error("cannot open the job store %s: %s", store.path, exc)
+        for sock in (listen_sock, admin_sock, worker_sock):
+            sock.close()
         return 2
     grace = config.timeouts.shutdown
-    worker_runner, worker_url = await _start_site(WorkerApi(config, service).app(), q.worker_listen.host,
-                                                  q.worker_listen.port, grace)
+    worker_runner, worker_url = await _start_site(WorkerApi(config, service).app(), worker_sock, grace)
     host, port = worker_runner.addresses[0][:2]
     reach = _url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port)
 
@@ -129,10 +150,13 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
 
     try:
         backend = LocalBackend(config, events, environ, worker_env=env_for)
+        await backend.clean_up_leftovers()  # workers a crashed lbproxy of this endpoint left running
     except StartFailed as exc:
         log.error("cannot start: %s", exc)
         await worker_runner.cleanup()
         await service.close()
+        listen_sock.close()
+        admin_sock.close()
         return 2
     delivery = None
     if not sdk:
@@ -149,8 +173,8 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
     admin = QueueAdmin(config, pool, controller, metrics.render, backend.describe, lambda: config_notices)
     admin.service = service
     metrics.watch(admin.counts_by_state, lambda: controller.leading)
-    client_runner, client_url = await _start_site(client.app(), config.listen.host, config.listen.port, grace)
-    admin_runner, admin_url = await _start_site(admin.app(), config.admin.host, config.admin.port, grace)
+    client_runner, client_url = await _start_site(client.app(), listen_sock, grace)
+    admin_runner, admin_url = await _start_site(admin.app(), admin_sock, grace)
     log.info("queue endpoint %s listening on %s/v2/%s (admin %s, worker API %s, store %s), workers %d..%d, "
              "delivery %s", config.name, client_url, config.name, admin_url, worker_url, store.path,
              config.workers.active, config.workers.max, q.delivery)

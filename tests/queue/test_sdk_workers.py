@@ -138,9 +138,9 @@ async def test_a_worker_that_dies_holding_a_job_gets_it_requeued(start_queue):
     job_id = await q.run({"input": {"sleep": 30}})
     running = await q.wait_state(job_id, "IN_PROGRESS")
     worker = next(w for w in await q.ep.workers() if w["id"] == running["workerId"])
-    assert len(group(worker["pid"])) >= 2  # the SDK's main process and its ping process
+    assert len(group(worker["process_group"])) >= 2  # the SDK's main process and its ping process
     os.kill(worker["pid"], signal.SIGKILL)  # the main process only: its ping child would go on renewing
-    await until(lambda: not group(worker["pid"]), 10, "the worker's whole process group gone")
+    await until(lambda: not group(worker["process_group"]), 10, "the worker's whole process group gone")
     # Requeued at once (the process exit is the signal) and taken by a new worker.
     async def retaken():
         s = await q.status(job_id)
@@ -174,7 +174,7 @@ async def test_a_frozen_worker_loses_its_job_when_the_lease_runs_out(start_queue
     job_id = await q.run({"input": {"sleep": 30}})
     running = await q.wait_state(job_id, "IN_PROGRESS")
     worker = next(w for w in await q.ep.workers() if w["id"] == running["workerId"])
-    os.killpg(worker["pid"], signal.SIGSTOP)  # the handler and its ping process: no more pings
+    os.killpg(worker["process_group"], signal.SIGSTOP)  # the handler and its ping process: no more pings
     try:
         failed = await q.wait_state(job_id, "FAILED", timeout=30)
         assert failed["error"] == "worker lost"
@@ -182,7 +182,7 @@ async def test_a_frozen_worker_loses_its_job_when_the_lease_runs_out(start_queue
         await q.ep.wait_workers(lambda ws: all(w["id"] != worker["id"] or w["state"] != "ready" for w in ws),
                                 "the frozen worker out of rotation")
     finally:
-        os.killpg(worker["pid"], signal.SIGCONT)
+        os.killpg(worker["process_group"], signal.SIGCONT)
 
 
 async def test_a_worker_holding_a_job_is_not_stopped_for_idleness(start_queue):
