@@ -17,7 +17,7 @@ import logging
 import aiohttp
 
 from ..config import Config
-from ..pool import NoWorkerInTime, ShuttingDown, Worker, WorkerPool
+from ..pool import NoWorkerInTime, ShuttingDown, Slot, Worker, WorkerPool
 from .jobs import Job, JobState
 from .service import QueueService
 
@@ -61,36 +61,39 @@ class HttpDelivery:
         while True:
             event, seen = service.work_event()
             try:
-                w = await self.pool.acquire()
+                slot = await self.pool.reserve()
             except NoWorkerInTime:
                 continue
             except ShuttingDown:
                 return
             try:
-                jobs = await service.store.claim(w.id, 1, service.clock(), service.lease)
+                jobs = await service.store.claim(slot.worker.id, 1, service.clock(), service.lease)
             except BaseException:
-                self.pool.release(w)
+                slot.release()
                 raise
             if not jobs:
-                self.pool.release(w)
+                slot.release()
                 if service.work_seen(seen):
                     await event.wait()
                 continue
             job = jobs[0]
-            task = asyncio.create_task(self._deliver(job, w))
+            task = asyncio.create_task(self._deliver(job, slot))
             self._running[job.id] = task
 
-    async def _deliver(self, job: Job, w: Worker) -> None:
+    async def _deliver(self, job: Job, slot: Slot) -> None:
         assert self._session is not None
+        w = slot.worker
         service = self.service
         body = b'{"id":' + json.dumps(job.id).encode() + b"," + job.payload.encode()[1:]
         url = f"http://{w.authority}{self.path}"
         state, output, error = JobState.FAILED, None, None
+        blame = False  # the worker failed the request (the pool counts those for its exit log)
         renew = asyncio.create_task(self._renew(job, w))
         try:
             async with self._session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
                 kind = resp.content_type
                 if resp.status >= 300:
+                    blame = resp.status >= 500
                     text = (await resp.content.read(2048)).decode("utf-8", "replace")
                     error = json.dumps(f"the worker answered {resp.status}: {text}")
                 elif kind in _STREAMED:
@@ -111,13 +114,14 @@ class HttpDelivery:
             # worker's process exits), as with an SDK worker.
             log.warning("job %s: worker %s failed mid-job (%s); the job goes back to the queue",
                         job.id, w.id, exc or type(exc).__name__)
+            blame = True
             return
         except asyncio.CancelledError:
             return  # cancelled or timed out: the store has the final state already
         finally:
             renew.cancel()
             self._running.pop(job.id, None)
-            self.pool.release(w)
+            slot.release(failed=blame)
         await service.finish(job.id, w.id, state, output, error)
 
     async def _renew(self, job: Job, w: Worker) -> None:
