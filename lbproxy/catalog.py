@@ -1,4 +1,4 @@
-"""The built-in GPU catalog (DESIGN 2a): category ids, their GPU types, node-label values and prices.
+"""The built-in GPU catalog (README "GPU catalog"): category ids, their GPU types, node-label values and prices.
 
 Purely data plus two lookups. The Kubernetes backend turns a category (narrowed by `gpu.types`) into node
 affinity on `nvidia.com/gpu.product`, whose values NVIDIA GPU Feature Discovery derives from the NVML device
@@ -55,7 +55,7 @@ def _label_has_type(label: str, gpu_type: str) -> bool:
 class GpuCategory(BaseModel):
     """One selectable GPU category: interchangeable GPU types of one memory size and one price."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     types: tuple[str, ...] = Field(min_length=1)
     """GPU type names as users write them in `gpu.types` (`L40S`, `RTX 6000 Ada`)."""
@@ -65,11 +65,13 @@ class GpuCategory(BaseModel):
     """Label values per type, so `gpu.types` can narrow the category. A type missing here is matched to the
     `products` whose dash-separated words contain the type's words."""
     memory_gb: int = Field(ge=1)
+    """GPU memory of each GPU, in GB."""
     flex_price_per_s: float = Field(ge=0, allow_inf_nan=False)
     """Price per second of a worker started on demand (feeds cost accounting)."""
     active_price_per_s: float = Field(ge=0, allow_inf_nan=False)
     """Price per second of an always-on (`workers.active`) worker."""
     description: str = ""
+    """What the category is good for, in one sentence."""
 
     @field_validator("types", "products")
     @classmethod

@@ -10,35 +10,15 @@ from __future__ import annotations
 import importlib.util
 
 from lbproxy.config import Config
+from lbproxy.config_fields import refused_locally
 from lbproxy.durations import format_duration
 
 __all__ = ["backend_problems", "notices", "risk_warnings"]
 
-# Keys the local backend cannot honour, with the reason. DESIGN 2a: an error only when the file sets them, so
-# a config written for Kubernetes fails loudly instead of running without its placement.
-_KUBERNETES_ONLY = {
-    "gpu.categories": "only the kubernetes backend places workers on GPU types",
-    "gpu.types": "only the kubernetes backend places workers on GPU types",
-    "gpu.cuda_versions": "only the kubernetes backend picks nodes by CUDA version",
-    "gpu.catalog": "the GPU catalog only drives placement on the kubernetes backend",
-    "placement.data_centers": "only the kubernetes backend places workers in zones",
-    "placement.network_volume": "only the kubernetes backend mounts a network volume into workers",
-    "placement.model": "only the kubernetes backend prefers nodes that cache a model",
-    "expose_ports": "only the kubernetes backend exposes worker ports directly",
-    "worker.image": "the local backend runs worker.command, not a container image",
-    "worker.args": "the local backend runs worker.command; put the arguments there",
-    "backend.namespace": "only the kubernetes backend runs in a namespace",
-    "backend.kubeconfig": "only the kubernetes backend talks to a cluster",
-    "backend.node_labels": "only the kubernetes backend matches node labels",
-    "backend.fallback_after": "GPU category fallback only happens on the kubernetes backend",
-    "backend.fallback_retry": "GPU category fallback only happens on the kubernetes backend",
-    "backend.volume_mount_path": "only the kubernetes backend mounts a network volume",
-    "backend.leader_election": "local endpoints run one proxy, with no leader to elect",
-    "backend.proxy_selector": "local endpoints run one proxy, with no replicas to sum",
-    "backend.tolerations": "only kubernetes pods have tolerations",
-    "backend.image_pull_secrets": "the local backend pulls no images",
-    "backend.worker_resources": "the local backend sets no container resources",
-}
+# Keys the local backend cannot honour, with the reason: metadata on the config model's fields
+# (config_fields.kubernetes_only). An error only when the file sets them, so a config written for Kubernetes
+# fails loudly instead of running without its placement.
+_KUBERNETES_ONLY = refused_locally(Config)
 
 
 def _headroom(active: int) -> int:
@@ -96,6 +76,8 @@ def _never_scales(config: Config) -> list[str]:
     """Combinations under which the endpoint can never add a worker (or never serve at all)."""
     workers, limits, scaling = config.workers, config.limits, config.scaling
     found: list[str] = []
+    if config.type == "queue":
+        return found  # jobs wait in the job store, not in limits.max_queue or timeouts.wait
     if limits.max_queue == 0 and workers.active == 0:
         found.append(
             "limits.max_queue: 0 with workers.active: 0 refuses every request (429) while no worker is ready, so "

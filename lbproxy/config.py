@@ -1,4 +1,4 @@
-"""The endpoint's settings (DESIGN 2): one frozen pydantic model, built once from YAML and passed down.
+"""The endpoint's settings (README "Settings"): one frozen pydantic model, built once from YAML and passed down.
 
 Every model forbids unknown keys, so a typo is an error instead of a silently ignored setting. Durations are
 stored as float seconds and sizes as bytes. Errors come back as ConfigError with one `key.path: reason` line
@@ -9,7 +9,6 @@ lbproxy.config_values and problems worded in lbproxy.config_errors; import their
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -18,7 +17,6 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -29,31 +27,35 @@ from pydantic import (
 
 from lbproxy.catalog import BUILTIN_CATALOG, GpuCategory, check_selection, override_entry, products_for
 from lbproxy.config_errors import ConfigError, Loc, _field_errors, _names_a_setting, _problems
+from lbproxy.config_fields import backend_only, kubernetes_only
 from lbproxy.config_values import (
+    _CUDA_VERSION,
     _MAX_COUNT,
     Address,
     ExposedPort,
     _AddressField,
     _api_key,
     _ApiKey,
-    _byte_size,
+    _ArgvField,
+    _ByteSize,
     _catalog_id,
-    _command,
+    _catalog_written,
+    _CommandField,
     _Count,
+    _CudaVersion,
     _DnsLabel,
     _Duration,
     _duration,
-    _env,
-    _env_name,
-    _env_value,
-    _execution,
+    _EnvField,
+    _ExecutionLimit,
     _ExposedPortField,
-    _health_path,
-    _number_to_text,
+    _HealthPath,
+    _known_categories,
     _Port,
     _PositiveDuration,
     _shown,
     _Text,
+    _written_as,
 )
 
 __all__ = [
@@ -84,16 +86,19 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings are the settings' descriptions: README table, chart schema and values (config_docs).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class AuthSettings(_Settings):
     """Who may call the endpoint. Keys are SecretStr so that no repr, dump or log line shows them."""
 
     api_keys: tuple[_ApiKey, ...] = ()
-    """Accepted `Authorization: Bearer` keys; LBPROXY_API_KEYS adds more at load time. Empty: open."""
+    """Accepted `Authorization: Bearer` keys; `LBPROXY_API_KEYS` (comma separated) adds more at start. Empty:
+    anyone who reaches the endpoint may call it (`check` warns on a public address)."""
     forward_authorization: bool = False
-    """Pass the client's Authorization header on to the worker (stripped by default)."""
+    """Pass the client's `Authorization` header on to workers; with API keys configured it is removed by
+    default."""
 
     def keys(self) -> tuple[bytes, ...]:
         """The keys as UTF-8 bytes, for constant-time comparison in the proxy."""
@@ -103,12 +108,14 @@ class AuthSettings(_Settings):
 
 class WorkersSettings(_Settings):
     active: _Count = 0
-    """Workers kept running at all times (no cold start for them)."""
+    """Workers kept running at all times, so they never cold-start; 0 scales to zero."""
     max: Annotated[int, Field(ge=1, le=_MAX_COUNT)] = 3
+    """Most workers at once, starting, draining and unhealthy ones included; at least `workers.active`."""
     gpus: _Count = 1
-    """GPUs per worker."""
+    """GPUs per worker. Kubernetes: the container's `nvidia.com/gpu` limit. Local: each worker gets its own
+    `CUDA_VISIBLE_DEVICES` slice of the visible GPUs; ignored, with a notice, when none is visible."""
     concurrency: _Count = 0
-    """Requests one worker takes at once; 0 = no limit."""
+    """Requests one worker takes at once; more wait in the queue. 0: no limit."""
 
     @model_validator(mode="after")
     def _max_covers_active(self) -> WorkersSettings:
@@ -119,29 +126,42 @@ class WorkersSettings(_Settings):
 
 class TimeoutsSettings(_Settings):
     idle: _Duration = 5.0
-    execution: Annotated[float | None, BeforeValidator(_execution)] = 600.0
-    """None: disabled (`off`)."""
+    """A ready worker idle this long is drained and stopped (never below `workers.active`)."""
+    execution: _ExecutionLimit = 600.0
+    """Most time one request (or WebSocket session) may take, 5s to 7d; then 504 (a WebSocket is closed with
+    code 1011). `0` or `off` disables it. Queue endpoints: per job from its start (a job's
+    `policy.executionTimeout` overrides it); then TIMED_OUT."""
     wait: _PositiveDuration = 120.0
+    """Most time a request waits in the queue for a free worker; then 503 `no_worker` with `Retry-After`."""
     ttl: Annotated[float, _duration(10.0)] = 86400.0
+    """Queue endpoints only: most time a job may live from submission, in any state (at least 10s); then it is
+    deleted (`/status` 404). A job's `policy.ttl` overrides it."""
     init: _PositiveDuration = 420.0
+    """A worker not ready this long after it started is stopped and replaced: allow its whole model load."""
     shutdown: _Duration = 30.0
-    """How long SIGTERM waits for in-flight requests before the proxy exits."""
+    """On SIGTERM, how long in-flight requests may finish before the proxy exits (the chart adds it to the
+    pod's termination grace)."""
 
 
 class ScalingSettings(_Settings):
     strategy: Literal["queue_delay", "request_count"] = "queue_delay"
+    """`queue_delay`: add workers when requests wait too long; `request_count`: size the pool to the load."""
     queue_delay: _Duration = 4.0
+    """`queue_delay` strategy: add workers when the oldest queued request has waited longer than this."""
     requests_per_worker: Annotated[int, Field(ge=1, le=_MAX_COUNT)] = 4
+    """`request_count` strategy: workers = ceil((queued + in progress) / this)."""
 
 
 class LimitsSettings(_Settings):
-    max_body_size: Annotated[int, BeforeValidator(_byte_size)] = 30_000_000
-    """Largest request body in bytes; larger gets 413."""
+    max_body_size: _ByteSize = 30_000_000
+    """Largest request body (bytes, or `512KiB`, `30MB`, `1GiB`); larger gets 413 `body_too_large`."""
     max_queue: Annotated[int, Field(ge=0, le=100 * _MAX_COUNT)] = 1000
-    """Requests waiting for a worker; beyond it 429."""
+    """Requests that may wait for a worker; more get 429 `queue_full`."""
 
 
 class LogSettings(_Settings):
+    """lbproxy's own log (on stderr)."""
+
     access: bool = False
     """One line per request on the `lbproxy.access` logger: method, path (no query), status, worker, queue wait,
     duration, bytes sent, request id. Off by default, and then it costs nothing."""
@@ -150,20 +170,32 @@ class LogSettings(_Settings):
 
 
 class GpuSettings(_Settings):
-    categories: tuple[_Text, ...] = ()
-    """Category ids in order of preference, first choice first."""
-    types: tuple[_Text, ...] = ()
-    """GPU types kept within the categories (empty: all); stored in the catalog's spelling."""
-    cuda_versions: tuple[Annotated[str, BeforeValidator(_number_to_text)], ...] = ()
-    catalog: dict[Annotated[str, AfterValidator(_catalog_id)], GpuCategory] = {}
-    """Entries added to or overriding the built-in catalog; a partial entry overrides fields of a built-in."""
+    model_config = ConfigDict(json_schema_extra=_known_categories)
+
+    categories: Annotated[
+        tuple[_Text, ...], kubernetes_only("only the kubernetes backend places workers on GPU types")
+    ] = ()
+    """GPU category ids (README "GPU catalog") in order of preference, first choice first; later ones are
+    fallbacks (`backend.fallback_after`). Empty: any GPU node."""
+    types: Annotated[tuple[_Text, ...], kubernetes_only("only the kubernetes backend places workers on GPU types")] = ()
+    """Only these GPU types within the categories, e.g. `H100` (empty: all of them)."""
+    cuda_versions: Annotated[
+        tuple[_CudaVersion, ...], kubernetes_only("only the kubernetes backend picks nodes by CUDA version")
+    ] = ()
+    """Only nodes whose driver supports one of these CUDA versions, e.g. `12.4` (empty: any)."""
+    catalog: Annotated[
+        dict[Annotated[str, AfterValidator(_catalog_id)], GpuCategory],
+        kubernetes_only("the GPU catalog only drives placement on the kubernetes backend"),
+    ] = {}
+    """GPU catalog entries to add, or to override by id (`types`, `products`: node label values,
+    `memory_gb`, prices); an entry for a built-in id changes only the fields it names."""
 
     @field_validator("cuda_versions")
     @classmethod
     def _cuda_versions(cls, values: tuple[str, ...]) -> tuple[str, ...]:
         problems: list[tuple[Loc, str]] = []
         for index, version in enumerate(values):
-            if not re.fullmatch(r"\d{1,3}(\.\d{1,3})?", version):
+            if not _CUDA_VERSION.fullmatch(version):
                 problems.append(((index,), f"must be a CUDA version like 12.4 or 12 (got {_shown(version)})"))
             elif version in values[:index]:
                 problems.append(((index,), f"{version!r} is listed twice"))
@@ -171,7 +203,7 @@ class GpuSettings(_Settings):
             raise _field_errors(problems)
         return values
 
-    @field_validator("catalog", mode="before")
+    @field_validator("catalog", mode="before", json_schema_input_type=_written_as(_catalog_written()))
     @classmethod
     def _merge_over_builtin(cls, value: object) -> object:
         """A partial entry for a built-in id overrides only the fields it names (e.g. prices)."""
@@ -197,31 +229,50 @@ class GpuSettings(_Settings):
 
 
 class PlacementSettings(_Settings):
-    data_centers: tuple[_Text, ...] = ()
-    network_volume: _Text | None = None
-    model: _Text | None = None
+    data_centers: Annotated[
+        tuple[_Text, ...], kubernetes_only("only the kubernetes backend places workers in zones")
+    ] = ()
+    """Zones (or regions: `backend.node_labels.zone`) workers may run in (empty: any)."""
+    network_volume: Annotated[
+        _Text | None, kubernetes_only("only the kubernetes backend mounts a network volume into workers")
+    ] = None
+    """A PersistentVolumeClaim mounted into every worker at `backend.volume_mount_path`."""
+    model: Annotated[
+        _Text | None, kubernetes_only("only the kubernetes backend prefers nodes that cache a model")
+    ] = None
+    """A cached model: prefer nodes labelled as holding it (`backend.node_labels.model_prefix`)."""
 
 
 class WorkerSettings(_Settings):
-    command: Annotated[tuple[str, ...] | None, BeforeValidator(_command)] = None
-    """`local`: the argv that starts one worker (a string is split with shlex)."""
-    image: _Text | None = None
-    """`kubernetes`: the container image."""
-    args: Annotated[tuple[str, ...], BeforeValidator(_command)] = ()
-    """`kubernetes`: the container's arguments (e.g. vLLM's `--model ...`); the image's entrypoint runs them."""
+    command: Annotated[_CommandField, backend_only("local")] = None
+    """The argv that starts one worker (a list, or a string split like a shell); required with the local
+    backend."""
+    image: Annotated[
+        _Text | None, kubernetes_only("the local backend runs worker.command, not a container image")
+    ] = None
+    """The container image of one worker; required with the kubernetes backend."""
+    args: Annotated[
+        _ArgvField,
+        kubernetes_only("the local backend runs worker.command; put the arguments there"),
+        Field(examples=[["--model", "org/model"]]),  # an empty list is refused: values.yaml shows this instead
+    ] = ()
+    """The container's arguments (e.g. vLLM's `--model ...`; a list, or a string split like a shell); the
+    image's entrypoint runs them."""
     port: _Port = 80
+    """The worker's app port, given to it as `PORT`: the container port on Kubernetes; the local backend picks
+    a free port per worker instead."""
     health_port: _Port | None = None
-    """Where GET health_path is served; filled with `port` when not set apart."""
-    health_path: Annotated[str, AfterValidator(_health_path)] = "/ping"
-    job_path: Annotated[str, AfterValidator(_health_path)] = "/run"
+    """Where `GET health_path` is served, given as `PORT_HEALTH`; unset: `port`. Set apart from `port`, the
+    local backend picks a second free port."""
+    health_path: _HealthPath = "/ping"
+    """The path lbproxy probes: 200 ready, 204 still loading (README "The worker contract")."""
+    job_path: _HealthPath = "/run"
     """`type: queue` with `queue.delivery: http`: each job is POSTed here as `{"id", "input"}`; the JSON answer
     becomes the job's output (an `application/x-ndjson` or `text/event-stream` answer: its stream chunks)."""
-    env: Annotated[
-        dict[Annotated[str, AfterValidator(_env_name)], Annotated[str, AfterValidator(_env_value)]],
-        BeforeValidator(_env),
-    ] = {}
-    stop_grace: _Duration = 10.0
-    """Local backend: how long a worker has between SIGTERM and SIGKILL."""
+    env: _EnvField = {}
+    """Extra environment variables for every worker (numbers and booleans become strings)."""
+    stop_grace: Annotated[_Duration, backend_only("local")] = 10.0
+    """How long a stopping worker has between SIGTERM and SIGKILL."""
 
     @model_validator(mode="after")
     def _health_port_defaults_to_port(self) -> WorkerSettings:
@@ -236,38 +287,60 @@ class NodeLabels(_Settings):
     and the well-known topology labels put on nodes."""
 
     gpu_product: _Text = "nvidia.com/gpu.product"
+    """The label holding the GPU product, matched for `gpu.categories` and `gpu.types`."""
     cuda_driver_major: _Text = "nvidia.com/cuda.driver.major"
+    """The label holding the CUDA driver's major version, matched for `gpu.cuda_versions`."""
     cuda_driver_minor: _Text = "nvidia.com/cuda.driver.minor"
+    """The label holding the CUDA driver's minor version, matched for `gpu.cuda_versions`."""
     zone: _Text = "topology.kubernetes.io/zone"
+    """The label `placement.data_centers` matches (`topology.kubernetes.io/region` for regions)."""
     model_prefix: _Text = "models.lbproxy.io/"
     """A node holding cached model M carries the label `<model_prefix><M as a label name>` (any value)."""
     flashboot_prefix: _Text = "flashboot.lbproxy.io/"
-    """The controller labels nodes that ran this endpoint's workers `<flashboot_prefix><endpoint name>`."""
+    """lbproxy labels nodes that ran this endpoint's workers `<flashboot_prefix><endpoint name>` (`flashboot`)."""
 
 
 class BackendSettings(_Settings):
     type: Literal["local", "kubernetes"] = "local"
-    namespace: _DnsLabel | None = None
-    """kubernetes: where workers run; unset: the proxy pod's own namespace, else the kubeconfig's."""
-    kubeconfig: Annotated[str, Field(min_length=1)] | None = None  # a path may contain spaces
-    """kubernetes: a kubeconfig file; unset: in-cluster credentials, else ~/.kube/config."""
-    node_labels: NodeLabels = NodeLabels()
-    fallback_after: _Duration = 60.0
-    """kubernetes: a worker unschedulable this long sends new workers to the next gpu.categories entry."""
-    fallback_retry: _Duration = 600.0
-    """kubernetes: after a fallback, how long before an earlier category is tried again."""
-    volume_mount_path: _Text = "/runpod-volume"
-    """kubernetes: where placement.network_volume is mounted in every worker."""
-    leader_election: bool = True
-    """kubernetes: replicas elect one leader (a Lease) that scales; every replica routes."""
-    proxy_selector: _Text | None = None
-    """kubernetes: label selector of all proxy replicas' pods; the leader sums their load (the chart sets it)."""
-    tolerations: tuple[dict[str, Any], ...] = ()
-    """kubernetes: pod tolerations of the workers (e.g. for the nvidia.com/gpu taint)."""
-    image_pull_secrets: tuple[_Text, ...] = ()
-    worker_resources: dict[str, dict[str, str | int]] = {}
-    """kubernetes: extra container resources (`requests`/`limits` of cpu, memory); the GPU limit comes from
-    workers.gpus."""
+    """`local`: worker processes on this machine; `kubernetes`: worker pods of GPU Deployments (`pip install
+    'lbproxy[kubernetes]'`)."""
+    namespace: Annotated[_DnsLabel | None, kubernetes_only("only the kubernetes backend runs in a namespace")] = None
+    """Where workers run; unset: the proxy pod's own namespace, else the kubeconfig's."""
+    kubeconfig: Annotated[  # a path may contain spaces
+        Annotated[str, Field(min_length=1)] | None, kubernetes_only("only the kubernetes backend talks to a cluster")
+    ] = None
+    """A kubeconfig file; unset: in-cluster credentials, else `~/.kube/config`."""
+    node_labels: Annotated[NodeLabels, kubernetes_only("only the kubernetes backend matches node labels")] = (
+        NodeLabels()
+    )
+    """Node label keys placement matches; the defaults are what NVIDIA GPU Feature Discovery and the well-known
+    topology labels put on nodes."""
+    fallback_after: Annotated[
+        _Duration, kubernetes_only("GPU category fallback only happens on the kubernetes backend")
+    ] = 60.0
+    """A worker unschedulable this long sends new workers to the next `gpu.categories` entry."""
+    fallback_retry: Annotated[
+        _Duration, kubernetes_only("GPU category fallback only happens on the kubernetes backend")
+    ] = 600.0
+    """After a fallback, how long before new workers try an earlier category again."""
+    volume_mount_path: Annotated[_Text, kubernetes_only("only the kubernetes backend mounts a network volume")] = (
+        "/runpod-volume"
+    )
+    """Where `placement.network_volume` is mounted in every worker."""
+    leader_election: Annotated[bool, kubernetes_only("local endpoints run one proxy, with no leader to elect")] = True
+    """Proxy replicas elect one leader (a Lease) that scales; every replica routes."""
+    proxy_selector: Annotated[
+        _Text | None, kubernetes_only("local endpoints run one proxy, with no replicas to sum")
+    ] = None
+    """Label selector of all proxy replicas' pods, whose load the leader sums (the Helm chart sets it)."""
+    tolerations: Annotated[tuple[dict[str, Any], ...], kubernetes_only("only kubernetes pods have tolerations")] = ()
+    """Worker pod tolerations (e.g. for the `nvidia.com/gpu` taint)."""
+    image_pull_secrets: Annotated[tuple[_Text, ...], kubernetes_only("the local backend pulls no images")] = ()
+    """Names of the Secrets for pulling `worker.image`."""
+    worker_resources: Annotated[
+        dict[str, dict[str, str | int]], kubernetes_only("the local backend sets no container resources")
+    ] = {}
+    """Extra worker container `requests`/`limits` (cpu, memory); the GPU limit comes from `workers.gpus`."""
 
 
 def _sqlite_url(value: str | None) -> str | None:
@@ -283,7 +356,7 @@ def _sqlite_url(value: str | None) -> str | None:
 
 
 class QueueSettings(_Settings):
-    """`type: queue` endpoints (DESIGN 6): where jobs are kept and how workers get them."""
+    """`type: queue` endpoints (README "Queue endpoints"): where jobs are kept and how workers get them."""
 
     store: Annotated[str | None, AfterValidator(_sqlite_url)] = None
     """Where jobs are kept: `sqlite:///PATH.db` (WAL, durable commits). Unset: `<endpoint name>.queue.db` in
@@ -313,11 +386,11 @@ class QueueSettings(_Settings):
     """After a cancel or execution timeout, how long the worker has to let go of the job (an async handler
     is stopped through job-stop, and its pings stop listing it); a worker still holding it then is stopped and
     replaced (a sync handler cannot be interrupted). More than two `ping_interval`s."""
-    max_run_body: Annotated[int, BeforeValidator(_byte_size)] = 10_000_000
+    max_run_body: _ByteSize = 10_000_000
     """Largest `/run` body (Runpod: 10 MB); larger gets 413."""
-    max_runsync_body: Annotated[int, BeforeValidator(_byte_size)] = 20_000_000
+    max_runsync_body: _ByteSize = 20_000_000
     """Largest `/runsync` body (Runpod: 20 MB); larger gets 413."""
-    max_result_size: Annotated[int, BeforeValidator(_byte_size)] = 20_000_000
+    max_result_size: _ByteSize = 20_000_000
     """Largest result, progress or stream chunk a worker may post (Runpod: 20 MB). Larger: the job FAILED,
     since the SDK does not retry a 4xx and the result would be lost silently."""
     webhook_retries: Annotated[int, Field(ge=0, le=10)] = 2
@@ -340,26 +413,49 @@ class QueueSettings(_Settings):
 
 
 class Config(_Settings):
-    """One endpoint's settings (DESIGN 2)."""
+    """One endpoint's settings (README "Settings")."""
 
     name: _DnsLabel
+    """Endpoint name, a DNS-1123 label: names the worker Deployments and appears in every log line and
+    metric."""
     type: Literal["load_balancer", "queue"] = "load_balancer"
+    """`load_balancer`: requests go straight to workers. `queue`: Runpod-compatible asynchronous jobs
+    (`/v2/NAME/run`, `/runsync`, `/status`, ...) that unchanged `runpod` SDK workers pull (README "Queue
+    endpoints"); local backend only in this release."""
     listen: _AddressField = Address("0.0.0.0", 8080)
+    """The proxy's address, `HOST:PORT` (`:8080`: every IPv4 interface)."""
     admin: _AddressField = Address("127.0.0.1", 9090)
+    """The admin address: `/healthz`, `/readyz`, `/status`, `/metrics` and a status page. They answer without
+    API keys, so keep it on loopback unless a network policy guards it."""
     auth: AuthSettings = AuthSettings()
+    """Who may call the endpoint."""
     workers: WorkersSettings = WorkersSettings()
+    """How many workers run, and how big each is."""
     timeouts: TimeoutsSettings = TimeoutsSettings()
+    """How long things may take."""
     scaling: ScalingSettings = ScalingSettings()
+    """When the controller adds workers."""
     limits: LimitsSettings = LimitsSettings()
+    """What clients may send."""
     log: LogSettings = LogSettings()
+    """What lbproxy logs, and how."""
     gpu: GpuSettings = GpuSettings()
+    """Which GPUs workers run on."""
     placement: PlacementSettings = PlacementSettings()
-    flashboot: bool = True
-    expose_ports: tuple[_ExposedPortField, ...] = ()
+    """Where workers run."""
+    flashboot: Annotated[bool, backend_only("kubernetes")] = True
+    """Prefer nodes that ran this endpoint's workers recently (image and model already there); lbproxy labels
+    those nodes. No effect on the local backend (a notice)."""
+    expose_ports: Annotated[
+        tuple[_ExposedPortField, ...], kubernetes_only("only the kubernetes backend exposes worker ports directly")
+    ] = ()
+    """Extra worker ports reachable directly (a Service `<name>-workers`), `PORT/http` or `PORT/tcp`."""
     worker: WorkerSettings = WorkerSettings()
+    """How one worker starts, and where lbproxy reaches it."""
     backend: BackendSettings = BackendSettings()
-    queue: QueueSettings = QueueSettings()
-    """Only for `type: queue`."""
+    """What runs the workers."""
+    queue: Annotated[QueueSettings, backend_only("local")] = QueueSettings()
+    """`type: queue` endpoints: where jobs are kept, how workers get them, how long results stay."""
 
     @field_validator("expose_ports")
     @classmethod

@@ -1,4 +1,5 @@
-"""What a worker's ``/ping`` answer means for its state (DESIGN 3): a pure function of the answer and the past.
+"""What a worker's ``/ping`` answer means for its state (README "The worker contract"): a pure function of the
+answer and the past.
 
 200 = ready, 204 = still initializing, anything else or no answer = a failure; a ready worker turns unhealthy
 only after ``FAILURES_TO_UNHEALTHY`` failures in a row (one lost probe under load is not enough), and a probe

@@ -17,7 +17,8 @@ LIVE = ("workers.active", "workers.max", "workers.concurrency", "scaling.", "tim
 
 
 def _leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(value, Mapping) and value:
+    """Dotted keys and values; an empty mapping has no leaves (so ``worker.env: {}`` -> ``{A: 1}`` is one key)."""
+    if isinstance(value, Mapping):
         for key, item in value.items():
             yield from _leaves(item, f"{prefix}{key}.")
     else:

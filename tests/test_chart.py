@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import ast
 import copy
+import hashlib
 import json
+import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +36,8 @@ from pydantic import BaseModel
 from lbproxy import __version__
 from lbproxy.checks import backend_problems
 from lbproxy.config import Config, ConfigError, load_config, parse_config
+from lbproxy.config_fields import settings
+from lbproxy.durations import parse_duration
 from lbproxy.kube import manifests
 from lbproxy.metrics import Metrics
 
@@ -326,6 +331,63 @@ def test_schema_names_exactly_the_config_models_settings():
     assert set(schema["properties"]["type"]["enum"]) <= set(model["type"].__args__)
 
 
+def test_chart_readme_names_exactly_the_proxy_keys_the_schema_has():
+    """charts/lbproxy/README.md's `proxy:` table is kept by hand: each key it names exists, none is missing."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["proxy"]["properties"]
+    named: set[str] = set()
+    for line in (CHART / "README.md").read_text().splitlines():
+        if line.startswith("| `proxy."):
+            first, *siblings = re.findall(r"`([^`]+)`", line.split("|")[1])
+            parent, _, _ = first.rpartition(".")
+            named |= {first, *(f"{parent}.{sibling}" for sibling in siblings)}
+    for key in named:
+        node: Any = {"properties": {"proxy": {"properties": schema}}}
+        for part in key.removesuffix(".*").split("."):
+            node = node["properties"][part]
+    assert {key.split(".")[1] for key in named} == set(schema)
+
+
+def uncommented_values() -> dict[str, Any]:
+    """values.yaml with every lbproxy key written out, as a user uncommenting its lines would."""
+    text = (CHART / "values.yaml").read_text()
+    region = text.split("BEGIN generated: config", 1)[1].split("\n", 1)[1].split("# END generated: config", 1)[0]
+    data: dict[str, Any] = yaml.safe_load(re.sub(r"^(\s*)# (?=\s*(?:[a-z_]+:|- ))", r"\1", region, flags=re.M))
+    return data
+
+
+def dotted(data: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in data.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict) and value and prefix + key != "gpu.catalog":
+            keys |= dotted(value, f"{prefix}{key}.")
+    return keys
+
+
+def test_values_yaml_shows_every_chart_key_and_each_default_is_lbproxys():
+    """Uncommenting every line of values.yaml's lbproxy part installs, and gives lbproxy its own defaults."""
+    written = uncommented_values()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    cluster_keys = {s.key for s in settings(Config) if s.backend != "local" and s.key not in ("backend.kubeconfig",
+                                                                                              "backend.proxy_selector")}
+    assert dotted(written) == {k for k in cluster_keys if "." not in k or k.rpartition(".")[0] in cluster_keys}
+    docs = [d for d in yaml.safe_load_all(install_dry_run(written)["manifest"]) if d]
+    config = parse_config(rendered_config(docs), environ={})
+    assert backend_problems(config) == []
+    fragment = json.loads((CHART / "values.chart.json").read_text())
+    defaults = parse_config({"name": RELEASE, "backend": {"type": "kubernetes"}}, environ={})
+    for setting in settings(Config):
+        if setting.section is not None or setting.key not in dotted(written) or setting.key == "backend.type":
+            continue
+        if fragment["values"].get(setting.key, "$default") != "$default" or setting.field.examples:
+            continue  # the chart's own value, or an example where the default cannot be written (worker.args)
+        got, want = config, defaults
+        for part in setting.key.split("."):
+            got, want = getattr(got, part), getattr(want, part)
+        assert got == want, setting.key
+    assert "enum" in schema["properties"]["backend"]["properties"]["type"]
+
+
 # --------------------------------------------------------------------------------------- the schema refuses
 
 BAD_VALUES = [
@@ -351,6 +413,20 @@ BAD_VALUES = [
     ({"backend": {"type": "local"}}, "/backend/type"),
     ({"backend": {"proxy_selector": "app=x"}}, "/backend"),
     ({"backend": {"tolerations": [{"key": "x", "operator": "Maybe"}]}}, "/backend/tolerations/0/operator"),
+    ({"timeouts": {"ttl": 5}}, "/timeouts/ttl"),
+    ({"timeouts": {"execution": 3}}, "/timeouts/execution"),
+    ({"workers": {"concurrency": -1}}, "/workers/concurrency"),
+    ({"limits": {"max_queue": -1}}, "/limits/max_queue"),
+    ({"limits": {"max_body_size": 0}}, "/limits/max_body_size"),
+    ({"auth": {"api_keys": ["two words"]}}, "/auth/api_keys/0"),
+    ({"worker": {"health_path": "ping"}}, "/worker/health_path"),
+    ({"worker": {"args": []}}, "/worker/args"),
+    ({"worker": {"env": {"A": None}}}, "/worker/env/A"),
+    ({"gpu": {"catalog": {"my-gpu": {"memory_gb": 24}}}}, "/gpu/catalog/my-gpu"),
+    ({"gpu": {"catalog": {"My_GPU": {"memory_gb": 24}}}}, "invalid propertyName 'My_GPU'"),
+    ({"gpu": {"catalog": {"80gb": {"memory": 80}}}}, "/gpu/catalog/80gb"),
+    ({"placement": {"network_volume": ""}}, "/placement/network_volume"),
+    ({"backend": {"worker_resources": {"requests": {"cpu": 0.5}}}}, "/backend/worker_resources/requests/cpu"),
     ({"proxy": {"replicas": 0}}, "/proxy/replicas"),
     ({"proxy": {"service": {"type": "Internal"}}}, "/proxy/service/type"),
     ({"proxy": {"logLevel": "verbose"}}, "/proxy/logLevel"),
@@ -394,6 +470,10 @@ GOOD_VALUES = [
     {"worker": {"env": {"A": 1, "B": True, "C": "x"}}},
     {"expose_ports": ["8888/HTTP", "5432/tcp"]},
     {"scaling": {"strategy": "request_count", "requests_per_worker": 2}},
+    {"gpu": {"categories": ["80gb"], "catalog": {"80gb": {"flex_price_per_s": 0.001}}}},
+    {"worker": {"args": "--model org/m --port 8000", "env": {"EMPTY": ""}}},
+    {"backend": {"worker_resources": {"requests": {"cpu": "500m", "memory": "8Gi"}, "limits": {"cpu": 4}}}},
+    {"auth": {"api_keys": []}},
 ]
 
 
@@ -525,6 +605,89 @@ def test_long_pool_names_in_rbac_match_lbproxys_hashed_names(endpoint):
     assert all(len(n) <= 52 for n in scale["resourceNames"])
 
 
+# --------------------------------------------------------------------- the chart's helpers = lbproxy's code
+
+# The chart computes two things lbproxy computes too: the worker Deployments' names (the Role grants exactly
+# those) and seconds from a duration (the pod's termination grace). A probe template renders the real helpers
+# over many inputs in one `helm template`, compared with lbproxy.kube.manifests and lbproxy.durations.
+PROBE = """\
+{{- $inputs := .Files.Get "probe.json" | fromJson -}}
+{{- $seconds := list -}}
+{{- range $inputs.durations }}{{ $seconds = append $seconds (include "lbproxy.seconds" . | int) }}{{ end -}}
+{{- $pools := list -}}
+{{- range $inputs.endpoints -}}
+{{- $root := dict "Values" (dict "name" .name "gpu" (dict "categories" .categories)) "Release" $.Release -}}
+{{- $pools = append $pools (include "lbproxy.workerDeployments" $root | fromJsonArray) -}}
+{{- end -}}
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: probe}
+data:
+  seconds: {{ toJson $seconds | quote }}
+  pools: {{ toJson $pools | quote }}
+"""
+
+PROBE_DURATIONS = [30, "30", "500ms", "5s", " 2M ", "10m", "24h", "7d", "1h30m", "1.5s", ".5s", "5.", "0", 0, 0.2,
+                   2.5, "1d12h", "100ms500ms", "59.999s", "1ms", "365d"]
+PROBE_ENDPOINTS = [
+    ("llama", []),
+    ("llama", ["80gb-pro", "80gb"]),
+    ("a-rather-long-endpoint-name-for-a-model-server", ["141gb-pro", "80gb"]),
+    ("a" * 42 + "-bbbbbbb", ["80gb"]),  # cut at 43 characters ends in '-'
+    ("e" * 42, ["24gb"]),  # 47 characters: kept
+    ("e" * 47, ["24gb"]),  # 52 characters: kept
+    ("e" * 48, ["24gb"]),  # 53 characters: hashed
+    ("n" * 52, []),
+    ("n" * 53, []),  # no category, still too long for pod names: hashed
+    ("x" * 63, ["16gb", "180gb"]),
+]
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    chart = tmp_path_factory.mktemp("probe") / "lbproxy"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "probe.yaml").write_text(PROBE)
+    endpoints = [{"name": name, "categories": categories} for name, categories in PROBE_ENDPOINTS]
+    (chart / "probe.json").write_text(json.dumps({"durations": PROBE_DURATIONS, "endpoints": endpoints}))
+    with helm.Chart.load(chart) as loaded:
+        files = loaded.render(None, name=RELEASE, namespace="default", is_install=True)
+    data: dict[str, str] = yaml.safe_load(files["lbproxy/templates/probe.yaml"])["data"]
+    return {key: json.loads(value) for key, value in data.items()}
+
+
+def test_chart_seconds_are_lbproxys_durations_rounded_up(probed):
+    assert probed["seconds"] == [math.ceil(parse_duration(value)) for value in PROBE_DURATIONS]
+
+
+def test_chart_worker_deployment_names_are_lbproxys_pool_names(probed):
+    expected = [[pool.name for pool in manifests.pools(parse_config(
+        {"name": name, "gpu": {"categories": categories}, "backend": {"type": "kubernetes"}}, environ={}))]
+        for name, categories in PROBE_ENDPOINTS]
+    assert probed["pools"] == expected
+    hashed = hashlib.sha256(("n" * 53).encode()).hexdigest()[:8]
+    assert expected[8] == ["n" * 43 + "-" + hashed]  # the case the chart once got wrong
+
+
+def test_chart_falls_back_to_lbproxys_own_defaults():
+    """Where a template reads a config key the values leave out, it assumes lbproxy's default."""
+    model = parse_config({"name": RELEASE}, environ={})
+    docs = documents({"listen": None, "workers": None})
+    deployment = one(docs, "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    ports = {p["name"]: p["containerPort"] for p in spec["containers"][0]["ports"]}
+    assert ports["http"] == model.listen.port
+    assert spec["terminationGracePeriodSeconds"] == 5 + math.ceil(model.timeouts.shutdown) + 10
+    config = parse_config(rendered_config(docs), environ={})
+    assert "listen" not in rendered_config(docs) and config.listen == model.listen
+    kinds = {d["kind"] for d in docs}
+    assert ("ClusterRole" in kinds) is model.flashboot
+    assert any(r["resources"] == ["leases"] for r in one(docs, "Role", f"{RELEASE}-proxy")["rules"]) is \
+        model.backend.leader_election
+    text = notes({"workers": None})
+    assert f"{model.workers.active} to {model.workers.max} worker(s)" in text
+
+
 # ----------------------------------------------------------------------------- conventions and the proxy pod
 
 
@@ -605,7 +768,8 @@ def test_proxy_deployment_fits_what_lbproxy_does_on_kubernetes(default_docs):
     assert spec["terminationGracePeriodSeconds"] == 5 + 30 + 10
 
 
-@pytest.mark.parametrize("shutdown, grace", [("1m", 75), ("90", 105), ("1m30s", 105), ("500ms", 16)])
+@pytest.mark.parametrize("shutdown, grace", [("1m", 75), ("90", 105), ("1m30s", 105), ("500ms", 16), ("0", 15),
+                                             (0, 15), (2.5, 18)])
 def test_termination_grace_follows_timeouts_shutdown(shutdown, grace):
     deployment = one(documents({"timeouts": {"shutdown": shutdown}}), "Deployment")
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
@@ -683,6 +847,17 @@ def test_notes_say_how_to_call_and_watch_the_endpoint():
     gpu = notes(gpu_values(), "llama", "inference")
     assert "export ENDPOINT=https://llama.example.com" in gpu
     assert "get secret llama-api-keys" in gpu and "GPU categories 80gb-pro, 80gb" in gpu
+
+
+def test_notes_say_the_proxies_are_ready_without_a_worker():
+    """/readyz (the readiness probe) answers 200 unless stopping; NOTES must not promise a wait for workers."""
+    text = notes({"workers": {"active": 2, "max": 3}})
+    assert "The proxies are Ready as soon as they run (/readyz: 200 unless stopping)" in text
+    assert "kubectl -n default get pods -l lbproxy.io/endpoint=my-endpoint -w" in text
+    assert "once a worker is ready" not in text
+    assert "get pods -l" not in notes()  # workers.active: 0, nothing starts
+    probe = one(documents(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["httpGet"]["path"] == "/readyz"  # not ?require_worker=1
 
 
 def test_uninstall_hook_deletes_the_workers_lbproxy_created(default_docs):

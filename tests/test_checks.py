@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic_core import to_jsonable_python
 
 from lbproxy.checks import backend_problems, notices, risk_warnings
 from lbproxy.config import Config, parse_config
+from lbproxy.config_fields import LOCAL_REFUSAL, refused_locally, settings
 
 COMMAND = ["python3", "worker.py"]
 
@@ -158,8 +160,38 @@ def test_kubernetes_only_keys_set_in_the_file_are_errors_with_the_local_backend(
     assert problem.endswith("; remove it or set backend.type: kubernetes")
 
 
+# Values for keys whose default cannot be written back (an empty argv) or cannot be served on Kubernetes.
+_WRITABLE = {"worker.args": ["--model", "m"], "worker.image": "img:1"}
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    head, _, rest = key.partition(".")
+    return {head: _nested(rest, value) if rest else value}
+
+
+@pytest.mark.parametrize("key", list(refused_locally(Config)))
+def test_every_kubernetes_only_key_of_the_model_is_refused_locally_with_its_reason(key: str) -> None:
+    """The list is the model's field metadata (config_fields.kubernetes_only), not a list kept by hand."""
+    setting = next(s for s in settings(Config) if s.key == key)
+    data = _nested(key, _WRITABLE.get(key, to_jsonable_python(setting.field.default)))
+    if key.startswith("worker."):
+        data["worker"].setdefault("command", COMMAND)
+    assert backend_problems(config(**data)) == [
+        f"{key}: {setting.extra[LOCAL_REFUSAL]}; remove it or set backend.type: kubernetes"
+    ]
+    on_kubernetes = {**data, "backend": {"type": "kubernetes", **data.get("backend", {})},
+                     "worker": {"image": "img:1", **data.get("worker", {})}}
+    assert backend_problems(config(**on_kubernetes)) == []
+
+
+def test_settings_without_the_metadata_are_accepted_locally() -> None:
+    refused = refused_locally(Config)
+    assert {"gpu.categories", "placement.model", "worker.image", "backend.node_labels", "expose_ports"} <= set(refused)
+    assert not {"workers.gpus", "worker.port", "worker.command", "flashboot", "timeouts.idle"} & set(refused)
+
+
 def test_kubernetes_only_keys_are_errors_even_at_their_default_values() -> None:
-    """The file set them, so it was written for another backend (DESIGN 2a: an error when set)."""
+    """The file set them, so it was written for another backend (an error when set, not silently ignored)."""
     problems = backend_problems(config(gpu={"categories": []}, placement={"model": None}))
     assert [p.split(":")[0] for p in problems] == ["gpu.categories", "placement.model"]
 

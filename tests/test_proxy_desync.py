@@ -155,6 +155,15 @@ RAW_WORKER = textwrap.dedent(r'''
                     with open(os.path.join(os.environ["RAW_DIR"], "dropped"), "a") as f:
                         f.write("1\n")
                     return
+                elif path == b"/arm-die":
+                    # The idle-close race, then the worker is gone: its listener closes before the connection
+                    # drops, so lbproxy's second attempt finds nobody there.
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\narmed")
+                    await writer.drain()
+                    await reader.readuntil(b"\r\n\r\n")
+                    SERVER[0].close()
+                    await asyncio.sleep(0.2)
+                    os._exit(0)
                 elif path == b"/extra":
                     # A worker bug: a second, partial response right behind the first, in the same write.
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -168,8 +177,11 @@ RAW_WORKER = textwrap.dedent(r'''
         finally:
             writer.close()
 
+    SERVER = []
+
     async def main():
         server = await asyncio.start_server(serve, "127.0.0.1", int(os.environ["PORT"]))
+        SERVER.append(server)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
@@ -248,3 +260,15 @@ async def test_an_idempotent_request_the_worker_worked_on_is_not_sent_again(star
     writer.close()
     assert status.startswith(b"HTTP/1.1 502") and body_json(body)["error"] == "worker_failed"
     assert (tmp_path / "dropped").read_text() == "1\n"
+
+
+async def test_an_idempotent_request_whose_worker_is_gone_goes_to_another_worker(start_raw):
+    ep = await start_raw()
+    [first] = await ep.workers()
+    reader, writer = await connect(ep)
+    writer.write(b"GET /arm-die HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_response(reader))[2] == b"armed"
+    status, headers, body = await read_response(reader)  # sent again: refused, so the worker's replacement has it
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 200") and body == b"path=/after", (status, body)
+    assert headers["x-lbproxy-worker-id"] != first["id"]

@@ -29,6 +29,15 @@ def test_readme_settings_table_lists_exactly_the_config_keys():
     assert documented == _model_keys(Config)
 
 
+def test_docs_and_code_cite_only_documents_in_the_repository():
+    """References point to README sections or docs/ pages, never to a design file that is not shipped."""
+    shipped = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "lbproxy").rglob("*.py"),
+               *(ROOT / "examples").rglob("*.py"), *(ROOT / "charts").rglob("*.*")]
+    citing = [str(path.relative_to(ROOT)) for path in shipped if re.search(r"\bDESIGN\b", path.read_text())]
+    assert citing == []
+    assert not (ROOT / "DESIGN.md").exists()
+
+
 def test_readme_quick_start_commands_exist():
     readme = (ROOT / "README.md").read_text()
     assert "lbproxy serve examples/echo.yaml" in readme

@@ -1,4 +1,4 @@
-"""Echo worker: a tiny HTTP worker honouring the lbproxy worker contract (DESIGN.md section 3).
+"""Echo worker: a tiny HTTP worker honouring the lbproxy worker contract (README "The worker contract").
 
 Used by the tests and the examples to exercise every proxy feature. Only stdlib + aiohttp.
 
@@ -18,6 +18,8 @@ Environment:
                             (empty or unparsable content is ignored)
     ECHO_CRASH_AT_START=1   print a line to stderr and exit with code 3 at once
     ECHO_SHUTDOWN_TIMEOUT   seconds in-flight requests get to finish after SIGTERM/SIGINT (default 30)
+    ECHO_LISTENER_CHILD     seconds a forked child (in its own session) holds the listening sockets open without
+                            accepting: the port outlives a killed worker, as with a forked model loader (default 0)
 
 Routes (app port):
     ANY  /echo, /echo/...   JSON: worker, pid, method, path, raw_path (request target as received, incl. the
@@ -35,8 +37,9 @@ Routes (app port):
                             "protocol" the negotiated subprotocol ("" if none), "headers" the upgrade
                             request's headers as JSON
     POST /exit?code=N       os._exit(N) at once (default 1): a crash mid-request
-    GET  /pid, /stats       {"worker", "pid", "ready", "inflight", "peak_inflight", "requests"}: app requests
-                            (open WebSockets included, /ping and /stats not) in flight now, at most, in total
+    GET  /pid, /stats       {"worker", "pid", "ready", "inflight", "peak_inflight", "requests", "ws_close_codes"}:
+                            app requests (open WebSockets included, /ping and /stats not) in flight now, at most,
+                            in total; the close code of each WebSocket session that ended
 
 SIGTERM/SIGINT: stop listening, close WebSockets (1001), let in-flight requests finish (up to
 ECHO_SHUTDOWN_TIMEOUT), exit 0.
@@ -50,6 +53,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 from aiohttp import WSMsgType, web
 from aiohttp.typedefs import Handler
@@ -65,6 +69,7 @@ class State:
     ready = False
     inflight = peak_inflight = requests = 0
     websockets: set[web.WebSocketResponse] = set()
+    ws_close_codes: list[int] = []  # how each WebSocket session ended, as the worker saw it
 
 
 def _num(request: web.Request, name: str, default: float) -> float:
@@ -223,6 +228,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 await ws.send_str(msg.data)
     finally:
         State.websockets.discard(ws)
+        State.ws_close_codes.append(ws.close_code or 0)
     return ws
 
 
@@ -239,6 +245,7 @@ async def stats(request: web.Request) -> web.Response:
             "inflight": State.inflight,
             "peak_inflight": State.peak_inflight,
             "requests": State.requests,
+            "ws_close_codes": State.ws_close_codes,
         }
     )
 
@@ -293,6 +300,16 @@ async def _initialise(delay: float) -> None:
     State.ready = os.environ.get("ECHO_NEVER_READY") != "1"
 
 
+def _leave_a_listener_holder(seconds: float) -> None:
+    """Fork a child that holds the listening sockets for ``seconds`` in a session of its own, never accepting:
+    after the worker dies its port still takes connections for a while (a forked model loader does that)."""
+    if seconds <= 0 or os.fork() != 0:
+        return
+    os.setsid()
+    time.sleep(seconds)
+    os._exit(0)
+
+
 async def main() -> int:
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ["PORT"])
@@ -311,6 +328,7 @@ async def main() -> int:
         for runner, site_port in zip(runners, [port, health_port][: len(runners)], strict=True):
             await runner.setup()
             await web.TCPSite(runner, host, site_port).start()
+        _leave_a_listener_holder(float(os.environ.get("ECHO_LISTENER_CHILD", "0")))
         init = asyncio.create_task(_initialise(float(os.environ.get("ECHO_INIT_DELAY", "0"))))
         print(f"echo worker {WORKER_ID} listening on {port} (health {health_port})", flush=True)
         await stop.wait()

@@ -26,7 +26,7 @@ class DuplicateJob(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """What scaling needs (DESIGN 6): queued jobs that may drive scaling, the oldest one, jobs running."""
+    """What scaling needs: queued jobs that may drive scaling, the oldest one, jobs running."""
 
     queued: int
     oldest_created_at: float | None

@@ -127,15 +127,20 @@ app.kubernetes.io/part-of: lbproxy
 {{- $gpu := .Values.gpu | default dict -}}
 {{- $names := list -}}
 {{- range $gpu.categories | default list -}}
-{{- $name := printf "%s-%s" $endpoint . -}}
-{{- if gt (len $name) 52 -}}
-{{- $name = printf "%s-%s" (regexReplaceAll "-+$" ($name | trunc 43) "") ($name | sha256sum | trunc 8) -}}
-{{- end -}}
-{{- $names = append $names $name -}}
+{{- $names = append $names (include "lbproxy.poolName" (printf "%s-%s" $endpoint .)) -}}
 {{- else -}}
-{{- $names = list $endpoint -}}
+{{- $names = list (include "lbproxy.poolName" $endpoint) -}}
 {{- end -}}
 {{- toJson $names -}}
+{{- end -}}
+
+{{/* A pool's name kept short enough for its pods' names (manifests._name): cut and hashed past 52 characters. */}}
+{{- define "lbproxy.poolName" -}}
+{{- if gt (len .) 52 -}}
+{{- printf "%s-%s" (regexReplaceAll "-+$" (. | trunc 43) "") (. | sha256sum | trunc 8) -}}
+{{- else -}}
+{{- . -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Who holds LBPROXY_API_KEYS: an existing Secret, or the chart's own (from auth.api_keys or generated). */}}
