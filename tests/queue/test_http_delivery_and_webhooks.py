@@ -21,7 +21,9 @@ async def http_queue(start_endpoint):
     async def start(**overrides):
         ep = await start_endpoint(**{"type": "queue", "workers": {"active": 0, "max": 2, "concurrency": 2},
                                      "queue": {"delivery": "http", "webhook_retry_delay": "0.2s"},
-                                     "worker": {"command": [sys.executable, str(HERE / "http_job_worker.py")]},
+                                     # stop_grace: a worker still sleeping in a timed-out job is killed soon
+                                     "worker": {"command": [sys.executable, str(HERE / "http_job_worker.py")],
+                                                "stop_grace": "1s"},
                                      **overrides})
         q = Queue(ep, Path(sys.executable))
         opened.append(q)
