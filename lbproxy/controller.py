@@ -23,6 +23,7 @@ from .pool import Worker, WorkerPool
 log = logging.getLogger("lbproxy.controller")
 
 TICK = 1.0
+PEER_POLL = 0.1  # how often a drained worker's in-flight count on the other replicas is looked at again
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 # Failed starts in a row after which requests no ready worker can take fail at once (503 with the reason)
@@ -53,13 +54,15 @@ class Controller:
         prober: HealthProber | Prober,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         snapshot: SnapshotSource | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.prober = prober
         self.metrics = metrics
-        self.clock = clock
+        self.clock = clock  # the pool's clock too: the policy compares the two
+        self.sleep = sleep  # tests pass a virtual one, with the clock
         self.snapshot = snapshot
         self.backend: Backend | None = None
         self.decisions: deque[dict[str, Any]] = deque(maxlen=20)
@@ -67,6 +70,7 @@ class Controller:
         self.blocked_until = 0.0
         self.last_failure = ""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._failed_workers: set[str] = set()  # workers counted as failed starts (each once)
         self._draining: set[str] = set()  # drains this controller started (others come from the leader)
         self.peer_loads: Callable[[], tuple[PeerLoad, ...]] = tuple
         self.leading = False
@@ -111,12 +115,13 @@ class Controller:
         if not expected:
             self.metrics.worker_exits.labels(self.metrics.endpoint).inc()
             if w.ready_at is None:
-                self._start_failed(f"worker {worker_id} exited before it was ready ({reason})")
+                self._start_failed(f"worker {worker_id} exited before it was ready ({reason})", worker_id)
             else:
                 # Its requests usually fail (connection reset) before the exit is reported: count those too.
                 log.warning("worker %s exited unexpectedly (%s) with %d request(s) in flight",
                             worker_id, reason, w.in_flight + w.failed)
         self.pool.set_state(w, WorkerState.EXITED, reason)
+        self._failed_workers.discard(worker_id)
 
     def _state_changed(self, w: Worker, old: WorkerState) -> None:
         if w.state is WorkerState.READY and old is WorkerState.STARTING:
@@ -135,7 +140,13 @@ class Controller:
         self.pool.set_trouble(why, self.blocked_until,
                               fail_fast=self.failed_starts >= FAIL_FAST_AFTER and self.clock() < self.blocked_until)
 
-    def _start_failed(self, why: str) -> None:
+    def _start_failed(self, why: str, worker_id: str | None = None) -> None:
+        """One more failed start; a worker counts once, however many ways it fails (never ready, then its stop
+        fails, then it is replaced as unhealthy or exits)."""
+        if worker_id is not None:
+            if worker_id in self._failed_workers:
+                return
+            self._failed_workers.add(worker_id)
         self.failed_starts += 1
         delay = min(BACKOFF_FIRST * 2 ** (self.failed_starts - 1), BACKOFF_MAX)
         self.blocked_until = self.clock() + delay
@@ -162,15 +173,26 @@ class Controller:
                     await self._apply(decision)
                 self._tell_pool()
                 wait = TICK if decision.recheck_after is None else min(TICK, max(decision.recheck_after, 0.01))
-                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation (shutdown) that comes in
-                # the same loop turn as the event, and the controller would then never stop.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await changed.wait()
+                await self._changed_or_slept(changed, wait)
         finally:
             self.leading = False
             for task in list(self._tasks):  # drains of a lost leadership: the next leader decides anew
                 task.cancel()
+
+    async def _changed_or_slept(self, changed: asyncio.Event, seconds: float) -> None:
+        """Return once the pool changed, or after ``seconds`` of ``self.sleep``.
+
+        Not wait_for: on 3.11 it drops a cancellation (shutdown) that comes in the same loop turn as the event,
+        and the controller would then never stop. asyncio.wait lets every cancellation through.
+        """
+        woken = asyncio.ensure_future(changed.wait())
+        timer = asyncio.ensure_future(self.sleep(seconds))
+        try:
+            await asyncio.wait((woken, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            timer.cancel()
+            await asyncio.gather(woken, timer, return_exceptions=True)  # leave no task behind
 
     async def _adopt_drains(self, backend: Backend) -> None:
         """A new leader returns to rotation the workers an earlier leader was draining."""
@@ -191,11 +213,11 @@ class Controller:
             if w is not None:
                 if w.ready_at is None:  # never ready (timeouts.init): a failed start, backed off like a crash
                     last = f" (last: {w.reason})" if w.reason else ""
-                    self._start_failed(f"worker {wid} {why}{last}")
+                    self._start_failed(f"worker {wid} {why}{last}", wid)
                 log.warning("replacing worker %s: %s", wid, why)
                 self.metrics.scaled("down", "replace")
                 self.pool.set_state(w, WorkerState.STOPPING, why)
-                self._spawn(self._stop(wid))
+                self._spawn(self._stop(wid, kept_as=WorkerState.UNHEALTHY))
         for wid in d.drain:
             w = self.pool.get(wid)
             if w is not None:
@@ -230,22 +252,28 @@ class Controller:
                 self.prober.watch(w)
                 return
             await drained.wait()  # never stop a worker that still serves a request ...
-            while self.peer_in_flight(w.id):  # noqa: ASYNC110 - on any replica; their counts arrive by polling
-                await asyncio.sleep(0.1)
+            while self.peer_in_flight(w.id):  # on any replica; their counts arrive by polling
+                await self.sleep(PEER_POLL)
             self.pool.set_state(w, WorkerState.STOPPING, "drained")
-            if not await self._stop(w.id) and w.state is WorkerState.STOPPING:
-                # Another worker went instead (the ReplicaSet chose): this one is idle and healthy, so it serves.
-                with contextlib.suppress(StartFailed):
+            if not await self._stop(w.id):
+                if w.state is WorkerState.STOPPING:
+                    # Another worker went instead (the ReplicaSet chose): this one is idle and healthy: it serves.
+                    self.pool.set_state(w, WorkerState.READY, "kept: another worker was stopped instead", force=True)
+                    self.prober.watch(w)
+                # Kept (either way): the other replicas route to it again too, or it would serve this one only.
+                try:
                     await self.backend.mark_draining(w.id, False)
-                self.pool.set_state(w, WorkerState.READY, "kept: another worker was stopped instead", force=True)
-                self.prober.watch(w)
+                except StartFailed as exc:
+                    log.warning("could not take back the drain mark of worker %s: %s", w.id, exc)
         finally:
             self._draining.discard(w.id)
 
     def peer_in_flight(self, worker_id: str) -> int:
         return sum(n for load in self.peer_loads() for wid, n, _ in load.workers if wid == worker_id)
 
-    async def _stop(self, worker_id: str) -> bool:
+    async def _stop(self, worker_id: str, kept_as: WorkerState = WorkerState.READY) -> bool:
+        """Stop the worker; when the backend cannot, it is kept ``kept_as``: a drained worker serves again, one
+        being replaced (never ready, or unhealthy) gets no requests and is replaced after the unhealthy grace."""
         assert self.backend is not None
         self.prober.forget(worker_id)
         try:
@@ -254,7 +282,7 @@ class Controller:
             log.error("could not stop worker %s: %s", worker_id, exc)
             w = self.pool.get(worker_id)
             if w is not None and w.state is WorkerState.STOPPING:
-                self.pool.set_state(w, WorkerState.READY, "stop failed; kept", force=True)
+                self.pool.set_state(w, kept_as, "stop failed; kept", force=True)
                 self.prober.watch(w)
             return False
 

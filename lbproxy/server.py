@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -26,15 +25,13 @@ from .checks import backend_problems, notices
 from .config import Address, Config, ConfigError, load_config
 from .controller import Controller
 from .health import HealthProber
+from .leadership import lead
 from .metrics import Metrics
 from .policy import ScalingSettings
 from .pool import WorkerPool
 from .proxy.settings import ProxySettings
 from .proxy.site import ProxyServer
 from .reload import changes
-
-if TYPE_CHECKING:
-    from .backends.kubernetes import KubernetesBackend
 
 log = logging.getLogger("lbproxy")
 
@@ -50,38 +47,6 @@ def scaling_settings(config: Config) -> ScalingSettings:
         idle_timeout=config.timeouts.idle,
         init_timeout=config.timeouts.init,
     )
-
-
-LEASE_SECONDS = 6  # a dead leader is replaced within about this long (whole seconds: the Lease's unit)
-RENEW_SECONDS = 4
-RETRY_SECONDS = 1
-
-
-def _lead(
-    config: Config, kube: KubernetesBackend, controller: Controller, environ: Mapping[str, str]
-) -> tuple[asyncio.Task[None], Callable[[], Awaitable[None]]]:
-    """Scale only while this replica holds the endpoint's Lease; every replica routes regardless."""
-    identity = environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-    lease = f"lbproxy-{config.name}"
-    from .kube.peers import PeerLoads
-
-    selector = config.backend.proxy_selector
-    peers = PeerLoads(kube.client, selector, config.admin.port, environ.get("POD_IP")) if selector else None
-
-    async def on_lead() -> None:
-        poll = asyncio.create_task(peers.run()) if peers is not None else None
-        if peers is not None:
-            controller.peer_loads = peers.loads
-        try:
-            await controller.run(kube)
-        finally:
-            controller.peer_loads = tuple
-            if poll is not None:
-                poll.cancel()
-
-    task = asyncio.create_task(
-        kube.client.lead(lease, identity, on_lead, LEASE_SECONDS, RENEW_SECONDS, RETRY_SECONDS), name="leader")
-    return task, lambda: kube.client.release_lease(lease, identity)
 
 
 def _url(host: str, port: int) -> str:
@@ -226,7 +191,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     loop.add_signal_handler(signal.SIGHUP, reloader)  # nginx and HAProxy's convention (and a closed terminal)
     release: Callable[[], Awaitable[None]] | None = None
     if config.backend.type == "kubernetes" and config.backend.leader_election:
-        control, release = _lead(config, kube, controller, environ or os.environ)
+        control, release = lead(config, kube, controller, environ or os.environ)
     else:
         control = asyncio.create_task(controller.run(backend), name="controller")
     stopping = asyncio.create_task(stop.wait())

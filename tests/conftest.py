@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import resource
@@ -23,6 +24,36 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = ROOT / "examples" / "workers" / "echo.py"
+
+
+LEFTOVER_TURNS = 20  # loop turns a test's tasks get to finish a cancellation already under way
+
+
+@pytest.fixture(autouse=True)
+def _no_pending_tasks(request: pytest.FixtureRequest) -> None:
+    """Fail an async test that leaves asyncio tasks pending once it and its fixtures are done (as kopf does).
+
+    A task left running is a leak (of a loop, a socket, a process) or a test that did not clean up; the
+    event loop's closing would otherwise cancel it silently. Requested first, so checked last.
+    """
+    if inspect.iscoroutinefunction(request.function):
+        request.getfixturevalue("_tasks_left_check")
+
+
+@pytest.fixture
+async def _tasks_left_check() -> AsyncIterator[None]:
+    yield
+    this = asyncio.current_task()
+    for _ in range(LEFTOVER_TURNS):
+        left = [t for t in asyncio.all_tasks() if t is not this and not t.done()]
+        if not left:
+            return
+        await asyncio.sleep(0)
+    message = f"the test left {len(left)} asyncio task(s) pending:\n" + "\n".join(f"  {t!r}" for t in left)
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
+    pytest.fail(message, pytrace=False)
 
 
 def free_port() -> int:

@@ -68,3 +68,54 @@ def connection(**settings: Any) -> tuple[ClientConnection, MockTransport, Shared
     transport = MockTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     return conn, transport, shared
+
+
+class Response:
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body = bytearray()
+
+
+def responses(data: bytes, head_requests: int = 0) -> list[Response]:
+    """The responses in what a connection wrote, parsed by llhttp; the first ``head_requests`` answer HEADs."""
+    from httptools import HttpResponseParser
+
+    out: list[Response] = []
+
+    class Collect:
+        def on_message_begin(self) -> None:
+            out.append(Response())
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            out[-1].headers[name.decode().lower()] = value.decode()
+
+        def on_headers_complete(self) -> bool | None:
+            out[-1].status = parser.get_status_code()
+            return None
+
+        def on_body(self, body: bytes) -> None:
+            out[-1].body += body
+
+    rest = data
+    while rest:
+        parser = HttpResponseParser(Collect())
+        if len(out) < head_requests:  # a HEAD's answer has a Content-Length and no body: feed only its head
+            end = rest.index(b"\r\n\r\n") + 4
+            parser.feed_data(rest[:end] + b"")
+            rest = rest[end:]
+            continue
+        before = len(out)
+        parser.feed_data(rest)
+        if len(out) == before:
+            break
+        rest = b""  # one parser reads every keep-alive response that follows
+    return out
+
+
+async def settle(turns: int = 10) -> None:
+    """Let callbacks the connection scheduled (the next pipelined request) run."""
+    import asyncio
+
+    for _ in range(turns):
+        await asyncio.sleep(0)

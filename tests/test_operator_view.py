@@ -10,7 +10,7 @@ import re
 import httpx
 import pytest
 
-from .conftest import error_of
+from .conftest import error_of, until
 from .test_proxy_http import connect, read_response
 
 ACCESS = re.compile(r"lbproxy\.access: (\S+) (\S+) (\d+) worker=(\S+) wait=([\d.]+)s duration=([\d.]+)s "
@@ -21,7 +21,9 @@ async def test_the_access_log_has_a_line_per_request(start_endpoint, client):
     ep = await start_endpoint(log={"access": True})
     r = await client.get(ep.url + "/echo/a?token=secret", headers={"X-Request-Id": "req-1"})
     await client.get(ep.url + "/status/404")
-    lines = ACCESS.findall(ep.log())
+    # The line is written after the response went out: the client can be faster than the log.
+    lines = await until(lambda: (found := ACCESS.findall(ep.log())) and len(found) >= 2 and found, 10,
+                        "two access lines")
     assert len(lines) == 2, ep.log()[-2000:]
     method, path, status, worker, wait, duration, size, rid = lines[0]
     assert (method, path, status, rid) == ("GET", "/echo/a", "200", "req-1")  # no query: it may hold tokens
@@ -34,6 +36,7 @@ async def test_the_access_log_has_a_line_per_request(start_endpoint, client):
 async def test_json_logs_are_one_object_per_line_with_the_access_fields(start_endpoint, client):
     ep = await start_endpoint(log={"access": True, "format": "json"})
     await client.get(ep.url + "/echo", headers={"X-Request-Id": "req-2"})
+    await until(lambda: '"lbproxy.access"' in ep.log(), 10, "the access line")
     records = [json.loads(line) for line in ep.log().splitlines() if line.strip()]  # every line parses
     [access] = [x for x in records if x["logger"] == "lbproxy.access"]
     assert {k: access[k] for k in ("method", "path", "status", "request_id")} == \

@@ -511,9 +511,11 @@ async def test_strict_waiters_do_not_count_as_queue_for_scaling() -> None:
     pool = make_pool(concurrency=1)
     ready_worker(pool, "a")
     await acquire(pool)
-    await strict_waiting(pool, "a")
+    waiter = await strict_waiting(pool, "a")
     snap = pool.snapshot()
     assert (snap.queued, snap.oldest_queued_at, pool.queued) == (0, None, 1)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
 
 
 async def test_strict_request_for_an_unknown_or_leaving_worker_fails_with_worker_gone() -> None:

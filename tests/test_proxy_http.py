@@ -1,4 +1,5 @@
-"""The request path over raw sockets: what only a protocol-level HTTP/1.1 path can get wrong.
+"""The request path over raw sockets, with real workers: what only a protocol-level HTTP/1.1 path can get wrong
+(cases with no worker involved are in test_proxy_inprocess.py).
 
 Framing (pipelining, chunked both ways, 100-continue, bodiless responses, HTTP/1.0), abuse (smuggling
 attempts, oversized heads, slowloris), back-pressure and slot accounting, upstream keep-alive.
@@ -169,42 +170,6 @@ async def test_head_204_and_304_responses_have_no_body(start_endpoint):
     writer.close()
 
 
-async def test_lbproxy_errors_to_head_requests_have_no_body(start_endpoint):
-    """A 401 to HEAD carries Content-Length but no body: a body would be read as the next response."""
-    ep = await start_endpoint(auth={"api_keys": ["k-0123456789abcdef"]})
-    reader, writer = await connect(ep)
-    writer.write(b"HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\nGET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, headers, _ = await read_response(reader, "HEAD")
-    assert status.startswith(b"HTTP/1.1 401") and int(headers["content-length"]) > 0
-    status, _, body = await read_response(reader)
-    assert status.startswith(b"HTTP/1.1 401") and body_json(body)["error"] == "unauthorized"
-    writer.close()
-
-
-@pytest.mark.parametrize("head", [
-    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
-    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
-    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\nhello",
-    b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
-    b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Bad : 1\r\n\r\n",
-    b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Fold: a\r\n b\r\n\r\n",
-], ids=["cl-then-te", "te-then-cl", "duplicate-cl", "cl-list", "te-not-only-chunked", "space-before-colon",
-        "obs-fold"])
-async def test_ambiguous_framing_gets_400_and_never_reaches_the_worker(start_endpoint, head):
-    ep = await start_endpoint(workers={"active": 1, "max": 1})
-    w = await ready_worker(ep)
-    before = (await worker_stats(w))["requests"]
-    reader, writer = await connect(ep)
-    writer.write(head + b"GET /echo/smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, headers, body = await read_response(reader)
-    assert status.startswith(b"HTTP/1.1 400"), status
-    assert body_json(body)["error"] == "bad_request" and headers["connection"] == "close"
-    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed: the rest is never read as a request
-    writer.close()
-    assert (await worker_stats(w))["requests"] == before
-
-
 async def test_connection_cannot_name_the_framing_headers_away(start_endpoint):
     ep = await start_endpoint()
     reader, writer = await connect(ep)
@@ -213,18 +178,6 @@ async def test_connection_cannot_name_the_framing_headers_away(start_endpoint):
     assert body_json((await read_response(reader))[2])["body_len"] == 5
     assert body_json((await read_response(reader))[2])["raw_path"] == "/echo/next"
     writer.close()
-
-
-@pytest.mark.parametrize("headers", [b"X-Big: " + b"a" * 70000 + b"\r\n",
-                                     b"".join(b"X-H%d: v\r\n" % i for i in range(200))], ids=["large", "many"])
-async def test_oversized_request_head_gets_431(start_endpoint, headers):
-    ep = await start_endpoint()
-    reader, writer = await connect(ep)
-    writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
-    status, _, body = await read_response(reader)
-    assert status.startswith(b"HTTP/1.1 431") and body_json(body)["error"] == "headers_too_large"
-    writer.close()
-    assert await ep.workers() == [], "an oversized request must not start a worker"
 
 
 @pytest.mark.slow

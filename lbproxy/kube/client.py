@@ -19,11 +19,12 @@ from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.leaderelection import electionconfig, leaderelection
 from kubernetes.aio.leaderelection.resourcelock.leaselock import LeaseLock
 
-__all__ = ["ApiException", "KubeClient", "is_unreachable"]
+__all__ = ["RETRY_MAX", "ApiException", "KubeClient", "describe_error", "is_unreachable"]
 
 log = logging.getLogger("lbproxy.leader")
 
 REQUEST_TIMEOUT = 10.0
+RETRY_MAX = 30.0  # the longest pause between retries while the API is unreachable
 _MERGE_PATCH = "application/merge-patch+json"  # RFC 7386: null deletes a key; no list-merge surprises
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -55,6 +56,13 @@ def is_unreachable(exc: BaseException) -> bool:
     if isinstance(exc, ApiException):
         return exc.status is None or exc.status >= 500 or exc.status == 429
     return isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith("aiohttp")
+
+
+def describe_error(exc: BaseException) -> str:
+    """A failed call in a few words for logs and messages: the HTTP status and reason, or the exception."""
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class KubeClient:

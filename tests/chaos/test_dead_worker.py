@@ -51,8 +51,8 @@ async def test_queued_requests_survive_a_killed_worker_whose_port_outlives_it(st
     assert [r.status_code for r in answers] == [200] * QUEUED, [r.text for r in answers if r.status_code != 200]
     assert victim["id"] not in {r.json()["worker"] for r in answers}  # the survivor, or the victim's replacement
     # The log counts the requests that died with it (they fail before the exit is noticed, so not "0").
-    assert f"worker {victim['id']} exited unexpectedly (killed by SIGKILL) with {IN_FLIGHT} request(s) in flight" \
-        in ep.log()
+    line = f"worker {victim['id']} exited unexpectedly (killed by SIGKILL) with {IN_FLIGHT} request(s) in flight"
+    await until(lambda: line in ep.log(), 10, "the exit's log line")
 
 
 async def _running(c: httpx.AsyncClient, w, n: int) -> bool:

@@ -72,7 +72,8 @@ async def test_a_restarted_lbproxy_stops_the_processes_an_earlier_one_left(tmp_p
         assert all(pid_alive(p) for p in children), "the test needs orphans to clean up"
         later = await launch(_config(n=1), tmp_path)  # the same endpoint and data directory
         await until(lambda: not any(pid_alive(p) for p in children), 15, "the leftovers to be stopped")
-        assert re.search(r"stopped \d+ process\(es\) left running by an earlier lbproxy", later.log()), later.log()
+        await until(lambda: re.search(r"stopped \d+ process\(es\) left running by an earlier lbproxy", later.log()),
+                    10, "the log line of the clean-up")
         mine = (await later.wait_workers(lambda ws: len(ws) == 1, "its own worker"))[0]
         assert pid_alive(mine["pid"]), "a restart must not stop its own new workers"
     finally:

@@ -70,6 +70,7 @@ class KubeEmulator:
         self._runner: web.AppRunner | None = None
         self._controller_task: asyncio.Task[None] | None = None
         self.store.listeners.append(self._on_event)
+        self.api.on_watch_started = self._changed.set
         for ns in DEFAULT_NAMESPACES:
             self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
 
@@ -201,6 +202,11 @@ class KubeEmulator:
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
             except TimeoutError:
                 pass
+
+    async def wait_watches(self, count: int, timeout: float = 5.0) -> None:
+        """Until ``count`` watch streams have gone live since the emulator was made: headers and initial events
+        sent, so a change made now reaches the watcher as a live event (and a dropped stream drops mid-body)."""
+        await self.wait_for(lambda: self.api.watches_started >= count, timeout, f"{count} watch stream(s) to start")
 
     # --- kubelet, scheduler, etcd -------------------------------------------------------------------------
 

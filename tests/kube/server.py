@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,8 @@ class ApiServer:
         self.bookmark_interval = 60.0
         self.errors: list[Exception] = []  # unexpected exceptions in handlers (tests assert there are none)
         self.forbidden: set[tuple[str, str]] = set()  # (verb, resource[/subresource]) answered 403 Forbidden
+        self.watches_started = 0  # watch streams that went live (initial events sent), ever
+        self.on_watch_started: Callable[[], None] = lambda: None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
@@ -252,6 +255,9 @@ class ApiServer:
                 await self._send(resp, t.rt, type_, obj)
             if bookmarks and _bool(q.get("sendInitialEvents")):
                 await self._bookmark(resp, t.rt, {"k8s.io/initial-events-end": "true"})
+            if watcher in self.store.watchers:  # live from here on: what is written now arrives as an event
+                self.watches_started += 1
+                self.on_watch_started()
             deadline = time.monotonic() + timeout
             next_bookmark = time.monotonic() + self.bookmark_interval
             while (now := time.monotonic()) < deadline:

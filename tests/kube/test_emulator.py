@@ -335,7 +335,7 @@ async def test_watch_without_resource_version_starts_with_synthetic_added(emulat
     await core.create_namespaced_pod("default", pod("old", {"app": "web"}))
 
     async def later() -> None:
-        await asyncio.sleep(0.2)
+        await emulator.wait_watches(1)
         await core.create_namespaced_pod("default", pod("new", {"app": "web"}))
 
     task = asyncio.create_task(later())
@@ -399,17 +399,17 @@ async def test_watch_gets_bookmarks_when_it_allows_them(emulator: KubeEmulator, 
 async def test_dropped_watch_stream(emulator: KubeEmulator, core: client.CoreV1Api) -> None:
     await core.create_namespaced_pod("default", pod("a"))
 
-    async def drop(abrupt: bool) -> None:
-        await asyncio.sleep(0.3)
+    async def drop(abrupt: bool, watches: int) -> None:
+        await emulator.wait_watches(watches)
         emulator.drop_watches(abrupt=abrupt)
 
     # A clean end of the stream ends a finite watch quietly...
-    task = asyncio.create_task(drop(abrupt=False))
+    task = asyncio.create_task(drop(abrupt=False, watches=1))
     assert await watch_events(core.list_namespaced_pod, "default", timeout_seconds=30) == [("ADDED", "a")]
     await task
     # ...and a connection reset surfaces as aiohttp's ClientPayloadError (the client does not retry it, not even
     # when watching forever).
-    task = asyncio.create_task(drop(abrupt=True))
+    task = asyncio.create_task(drop(abrupt=True, watches=2))
     with pytest.raises(aiohttp.ClientPayloadError):
         await watch_events(core.list_namespaced_pod, "default", timeout_seconds=30)
     await task
@@ -472,12 +472,18 @@ async def test_library_lease_lock_cannot_create_its_lease(api: client.ApiClient)
 async def test_one_candidate_leads_and_the_other_takes_over(emulator: KubeEmulator,
                                                            new_client: ClientFactory) -> None:
     leading: list[str] = []
+    # The library runs on_started as a task of its own, and does not cancel it when run() is cancelled
+    # (lbproxy's KubeClient.lead does): the test cancels them itself.
+    leaders: list[asyncio.Task[Any]] = []
 
     async def candidate(identity: str) -> None:
         lock = CreatingLeaseLock("lbproxy-leader", "default", identity, await new_client())
 
         async def on_started() -> None:
             leading.append(identity)
+            task = asyncio.current_task()
+            assert task is not None
+            leaders.append(task)
             await asyncio.Event().wait()
 
         async def on_stopped() -> None:
@@ -502,9 +508,9 @@ async def test_one_candidate_leads_and_the_other_takes_over(emulator: KubeEmulat
         lease = emulator.get("leases", "default", "lbproxy-leader")
         assert lease is not None and lease["spec"]["holderIdentity"] == other
     finally:
-        for task in tasks.values():
+        for task in [*tasks.values(), *leaders]:
             task.cancel()
-        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks.values(), *leaders, return_exceptions=True)
     assert not any(t.done() and not t.cancelled() for t in tasks.values())
     lease_path = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
     calls = {(m, p) for m, p in emulator.requests if p.startswith(lease_path)}
