@@ -2,6 +2,14 @@
 # Install lbproxy with its test extra into .venv and run the whole test suite (slow scenario tests included).
 set -euo pipefail
 cd "$(dirname "$0")"
+# The dashboard test drives Debian's chromium through its chromium-driver (never a browser download).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "test.sh: the dashboard test needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver" >&2
+  fi
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'

@@ -1,14 +1,13 @@
-"""The admin port: liveness, readiness, JSON status, Prometheus metrics and a small status page.
+"""The admin port: liveness, readiness, JSON status, Prometheus metrics and the live dashboard.
 
 It binds to loopback by default (``admin: 127.0.0.1:9090``) and never shows API keys or worker env values.
 """
 
 from __future__ import annotations
 
-import html
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -17,6 +16,10 @@ from .config import Config
 from .controller import Controller
 from .policy import WorkerState
 from .pool import WorkerPool
+
+if TYPE_CHECKING:
+    from .cost import CostMeter
+    from .dashboard import Dashboard
 
 
 class Admin:
@@ -29,6 +32,8 @@ class Admin:
         describe: Callable[[str], dict[str, object]],
         notices: Callable[[], list[str]],
         backend_status: Callable[[], dict[str, object]] | None = None,
+        cost: CostMeter | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
@@ -37,6 +42,8 @@ class Admin:
         self.describe = describe
         self.notices = notices
         self.backend_status = backend_status
+        self.cost = cost
+        self.dashboard = dashboard
         self.stopping = False
         self.started = time.time()
 
@@ -46,8 +53,9 @@ class Admin:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/status", self.status_json)
         app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/", self.page)
         app.router.add_get("/internal/load", self.load)
+        if self.dashboard is not None:
+            self.dashboard.add_routes(app)
         return app
 
     async def load(self, request: web.Request) -> web.Response:
@@ -102,6 +110,7 @@ class Admin:
                     "reason": w.reason,
                     "address": w.authority,
                     **self.describe(w.id),
+                    **(self.cost.worker(w.id) if self.cost is not None else {}),
                 }
                 for w in self.pool.workers.values()
             ],
@@ -119,7 +128,9 @@ class Admin:
             },
             "leading": c.leading,
             "last_decisions": list(c.decisions),
+            "start_failures": list(c.start_failures),
             "notices": self.notices(),
+            **({"cost": self.cost.status(c.capped_reason)} if self.cost is not None else {}),
         }
 
     async def status_json(self, request: web.Request) -> web.Response:
@@ -130,26 +141,6 @@ class Admin:
         resp.content_type = "text/plain"
         resp.charset = "utf-8"
         return resp
-
-    async def page(self, request: web.Request) -> web.Response:
-        s = self.status()
-        rows = "".join(
-            f"<tr><td>{html.escape(w['id'])}</td><td>{w['state']}</td><td>{w['in_flight']}</td>"
-            f"<td>{w['served']}</td><td>{w['idle_seconds']}</td><td>{html.escape(w['reason'])}</td></tr>"
-            for w in s["workers"]
-        )
-        body = (
-            "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=2>"
-            f"<title>lbproxy {html.escape(s['endpoint'])}</title>"
-            "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}</style>"
-            f"<h1>{html.escape(s['endpoint'])}</h1>"
-            f"<p>queue: {s['queue']['length']} (oldest {s['queue']['oldest_wait_seconds']}s) · "
-            f"workers {s['scaling']['active']}..{s['scaling']['max']} · {s['scaling']['strategy']}</p>"
-            "<table><tr><th>worker</th><th>state</th><th>in flight</th><th>served</th><th>idle s</th>"
-            f"<th>reason</th></tr>{rows}</table>"
-            "<p><a href=/status>/status</a> · <a href=/metrics>/metrics</a></p>"
-        )
-        return web.Response(text=body, content_type="text/html")
 
     def counts_by_state(self) -> tuple[int, int, dict[str, int]]:
         by_state = {s.value: 0 for s in WorkerState if s is not WorkerState.EXITED}

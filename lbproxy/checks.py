@@ -12,6 +12,7 @@ import importlib.util
 from lbproxy.config import Config
 from lbproxy.config_fields import refused_locally
 from lbproxy.durations import format_duration
+from lbproxy.prices import tariff_for
 
 __all__ = ["backend_problems", "notices", "risk_warnings"]
 
@@ -64,6 +65,13 @@ def risk_warnings(config: Config) -> list[str]:
             f"long before a worker is added (slow scale-up); 2s to 4s is typical"
         )
     warnings += _never_scales(config)
+    limit = config.cost.max_per_hour
+    floor = _active_rate_per_hour(config)
+    if limit is not None and floor > limit:
+        warnings.append(
+            f"cost.max_per_hour: ${limit:g}/h is below what workers.active ({workers.active}) cost "
+            f"(${floor:.2f}/h): scaling is capped before they all run; raise the limit or lower workers.active"
+        )
     if timeouts.init < 10:
         warnings.append(
             f"timeouts.init: {format_duration(timeouts.init)} is very short: a worker still loading its "
@@ -98,6 +106,13 @@ def _never_scales(config: Config) -> list[str]:
     return found
 
 
+def _active_rate_per_hour(config: Config) -> float:
+    """Dollars per hour of the workers.active workers at the active price (0 when they have no price)."""
+    tariff, default, new = tariff_for(config)
+    rate = tariff.rate(new if config.backend.type == "kubernetes" else default)
+    return config.workers.active * rate.active * 3600 if rate is not None else 0.0
+
+
 def backend_problems(config: Config) -> list[str]:
     """Why `serve` must refuse this config with its backend: a setting it cannot honour is an error."""
     problems: list[str] = []
@@ -117,6 +132,9 @@ def backend_problems(config: Config) -> list[str]:
             problems.append(
                 "worker.image: required with the kubernetes backend (the container image of one worker)"
             )
+        if config.gpu.categories and config.cost.category is not None:
+            problems.append("cost.category: kubernetes bills each pod at its pool's GPU category (gpu.categories); "
+                            "remove cost.category")
         if importlib.util.find_spec("kubernetes") is None:
             problems.append("backend.type: kubernetes needs the official client: pip install 'lbproxy[kubernetes]'")
     return problems

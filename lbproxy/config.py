@@ -64,6 +64,7 @@ __all__ = [
     "BackendSettings",
     "Config",
     "ConfigError",
+    "CostSettings",
     "ExposedPort",
     "GpuSettings",
     "LimitsSettings",
@@ -226,6 +227,27 @@ class GpuSettings(_Settings):
     def products(self, category_id: str) -> tuple[str, ...]:
         """`nvidia.com/gpu.product` values for one chosen category, narrowed by `types`."""
         return products_for(self.effective_catalog()[category_id], self.types)
+
+
+class CostSettings(_Settings):
+    """What workers cost (README "Cost"): the prices that bill them and a spend limit that caps scaling."""
+
+    category: _Text | None = None
+    """GPU catalog id whose prices bill each worker (e.g. `24gb`), where no pool says it: the local backend,
+    and kubernetes without `gpu.categories`. Unset there: seconds are counted, dollars are not."""
+    price_per_second: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    """Dollars per second of one worker, instead of the catalog's flex price (times `workers.gpus`)."""
+    active_price_per_second: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    """Dollars per second of one of the `workers.active` workers; default: `price_per_second`."""
+    max_per_hour: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    """Spend limit in dollars per hour: no worker is started that would bring the rate of all running workers
+    above it; requests queue instead (Runpod's default account limit is 80). Unset: no limit."""
+
+    @model_validator(mode="after")
+    def _active_price_needs_a_price(self) -> CostSettings:
+        if self.active_price_per_second is not None and self.price_per_second is None:
+            raise _field_errors([(("active_price_per_second",), "needs cost.price_per_second as well")])
+        return self
 
 
 class PlacementSettings(_Settings):
@@ -425,8 +447,8 @@ class Config(_Settings):
     listen: _AddressField = Address("0.0.0.0", 8080)
     """The proxy's address, `HOST:PORT` (`:8080`: every IPv4 interface)."""
     admin: _AddressField = Address("127.0.0.1", 9090)
-    """The admin address: `/healthz`, `/readyz`, `/status`, `/metrics` and a status page. They answer without
-    API keys, so keep it on loopback unless a network policy guards it."""
+    """The admin address: `/healthz`, `/readyz`, `/status`, `/metrics` and the dashboard (`/`). They answer
+    without API keys, so keep it on loopback unless a network policy guards it."""
     auth: AuthSettings = AuthSettings()
     """Who may call the endpoint."""
     workers: WorkersSettings = WorkersSettings()
@@ -456,6 +478,8 @@ class Config(_Settings):
     """What runs the workers."""
     queue: Annotated[QueueSettings, backend_only("local")] = QueueSettings()
     """`type: queue` endpoints: where jobs are kept, how workers get them, how long results stay."""
+    cost: CostSettings = CostSettings()
+    """What workers cost (README "Cost"), and a spend limit."""
 
     @field_validator("expose_ports")
     @classmethod
@@ -475,6 +499,15 @@ class Config(_Settings):
         same_host = len(hosts) == 1 or bool(hosts & {"0.0.0.0", "::"})
         if self.listen.port == self.admin.port != 0 and same_host:
             raise _field_errors([(("admin",), f"must not use the proxy's port ({self.listen})")])
+        return self
+
+    @model_validator(mode="after")
+    def _cost_category_in_catalog(self) -> Config:
+        category = self.cost.category
+        catalog = self.gpu.effective_catalog()
+        if category is not None and category not in catalog:
+            reason = f"unknown GPU category {category!r} (known: {', '.join(catalog)})"
+            raise _field_errors([(("cost", "category"), reason)])
         return self
 
     def set_in_file(self, dotted: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -74,6 +75,10 @@ class Controller:
         self._draining: set[str] = set()  # drains this controller started (others come from the leader)
         self.peer_loads: Callable[[], tuple[PeerLoad, ...]] = tuple
         self.leading = False
+        self.start_failures: deque[dict[str, Any]] = deque(maxlen=20)
+        # cost.max_per_hour: (starts wanted, starts accepted but not reported) -> (starts allowed, why not all)
+        self.limit_starts: Callable[[int, int], tuple[int, str | None]] = lambda wanted, pending: (wanted, None)
+        self.capped_reason: str | None = None  # why scaling is held back by the spend limit now, if it is
         pool.on_state_change(self._state_changed)
 
     # -- worker events from the backend ------------------------------------------------------------
@@ -132,9 +137,13 @@ class Controller:
 
     def _tell_pool(self) -> None:
         """What clients waiting for a worker are told: why starts fail, and (after FAIL_FAST_AFTER in a row,
-        during the back-off) that none will come soon, so they get their 503 now."""
+        during the back-off) that none will come soon, so they get their 503 now; or that the spend limit holds
+        scaling back (they keep waiting: a worker may free up)."""
         if not self.failed_starts:
-            self.pool.set_trouble(None)
+            if self.capped_reason is not None:
+                self.pool.set_trouble(f"scaling is capped: {self.capped_reason}", self.clock() + TICK)
+            else:
+                self.pool.set_trouble(None)
             return
         why = f"workers are failing to start ({self.failed_starts} in a row): {self.last_failure}"
         self.pool.set_trouble(why, self.blocked_until,
@@ -151,6 +160,7 @@ class Controller:
         delay = min(BACKOFF_FIRST * 2 ** (self.failed_starts - 1), BACKOFF_MAX)
         self.blocked_until = self.clock() + delay
         self.last_failure = why
+        self.start_failures.append({"at": time.time(), "reason": why})
         log.error("%s; %d failed start(s) in a row, next start in %.0fs", why, self.failed_starts, delay)
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -169,6 +179,7 @@ class Controller:
                 else:
                     snap = await self.snapshot(self.blocked_until, backend.pending_starts)
                 decision = decide(merge_peer_load(snap, self.peer_loads()), self.settings)
+                decision = self._within_spend_limit(decision, backend.pending_starts)
                 if decision.changes_anything:
                     await self._apply(decision)
                 self._tell_pool()
@@ -193,6 +204,19 @@ class Controller:
             woken.cancel()
             timer.cancel()
             await asyncio.gather(woken, timer, return_exceptions=True)  # leave no task behind
+
+    def _within_spend_limit(self, d: Decision, pending_starts: int) -> Decision:
+        """Start only the workers cost.max_per_hour allows; the requests that wanted the others queue."""
+        allowed, why = self.limit_starts(d.start, pending_starts) if d.start else (0, None)
+        if why != self.capped_reason:
+            if why is not None:
+                log.warning("scaling capped: %s", why)
+                self.decisions.append({"at": time.time(), "desired": d.desired, "start": allowed, "drain": [],
+                                       "stop": [], "reason": why})
+            else:
+                log.info("scaling no longer capped by cost.max_per_hour")
+            self.capped_reason = why
+        return d if allowed == d.start else dataclasses.replace(d, start=allowed)
 
     async def _adopt_drains(self, backend: Backend) -> None:
         """A new leader returns to rotation the workers an earlier leader was draining."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 REQUESTS = "lbproxy_requests"
@@ -18,6 +18,15 @@ COLD_START_SECONDS = "lbproxy_cold_start_seconds"
 SCALE_EVENTS = "lbproxy_scale_events"
 WORKER_EXITS = "lbproxy_worker_exits"
 LEADER = "lbproxy_leader"
+WORKER_SECONDS = "lbproxy_worker_seconds"  # counters get _total when exported
+COST_DOLLARS = "lbproxy_cost_dollars"
+COST_RATE = "lbproxy_cost_rate_dollars_per_hour"
+COLD_STARTS = "lbproxy_cold_starts"
+SCALING_CAPPED = "lbproxy_scaling_capped"
+
+# What the cost meter reports: seconds by (category, tier, phase), dollars by (category, tier), the rate now in
+# dollars per hour, cold starts; and whether the spend limit caps scaling.
+CostRows = tuple[list[tuple[str, str, str, float]], list[tuple[str, str, float]], float, int]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _COLD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -47,6 +56,35 @@ class _LiveGauges(Collector):
         return [q, f, w, lead]
 
 
+class _CostCounters(Collector):
+    """Cost totals read from the meter at scrape time: they continue across restarts (its state file)."""
+
+    def __init__(self, endpoint: str, read: Callable[[], CostRows], capped: Callable[[], bool]) -> None:
+        self.endpoint = endpoint
+        self.read = read
+        self.capped = capped
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        seconds, dollars, rate, cold_starts = self.read()
+        e = self.endpoint
+        s = CounterMetricFamily(WORKER_SECONDS, "Billed worker-seconds, by GPU category, price tier and phase.",
+                                labels=["endpoint", "category", "tier", "phase"])
+        for category, tier, phase, value in seconds:
+            s.add_metric([e, category, tier, phase], value)
+        d = CounterMetricFamily(COST_DOLLARS, "Billed dollars, by GPU category and price tier.",
+                                labels=["endpoint", "category", "tier"])
+        for category, tier, value in dollars:
+            d.add_metric([e, category, tier], value)
+        r = GaugeMetricFamily(COST_RATE, "What the running workers cost now, in dollars per hour.", labels=["endpoint"])
+        r.add_metric([e], rate)
+        c = CounterMetricFamily(COLD_STARTS, "Workers started (each pays its start phase).", labels=["endpoint"])
+        c.add_metric([e], cold_starts)
+        capped = GaugeMetricFamily(SCALING_CAPPED, "1 while cost.max_per_hour keeps the controller from starting "
+                                   "a worker it wants.", labels=["endpoint"])
+        capped.add_metric([e], 1 if self.capped() else 0)
+        return [s, d, r, c, capped]
+
+
 class Metrics:
     """All of lbproxy's metrics, in a registry of their own (several endpoints can share a process)."""
 
@@ -72,6 +110,9 @@ class Metrics:
 
     def watch(self, read: Callable[[], tuple[int, int, dict[str, int]]], leading: Callable[[], bool]) -> None:
         self.registry.register(_LiveGauges(self.endpoint, read, leading))
+
+    def watch_cost(self, read: Callable[[], CostRows], capped: Callable[[], bool]) -> None:
+        self.registry.register(_CostCounters(self.endpoint, read, capped))
 
     def observe_request(self, status: int, seconds: float) -> None:
         child = self._code_counters.get(status)

@@ -128,6 +128,7 @@ class WorkerPool:
         self._strict_waiting = 0  # waiters with strict affinity: they never hold up the others
         self._listeners: list[Listener] = []
         self._on_queued: list[Callable[[], None]] = []
+        self._on_busy: list[Callable[[Worker], None]] = []
         self._closed = False
         # A cold start: requests queued while no worker was ready. Until the queue is empty again, the workers
         # started for it share it (``_share``) instead of the first one ready taking everything.
@@ -143,6 +144,14 @@ class WorkerPool:
     def on_state_change(self, listener: Listener) -> None:
         """Call ``listener(worker, old_state)`` after every state change."""
         self._listeners.append(listener)
+
+    def on_busy_change(self, listener: Callable[[Worker], None]) -> None:
+        """Call ``listener(worker)`` when its in-flight count goes from 0 to 1 or back to 0 (cost phases)."""
+        self._on_busy.append(listener)
+
+    def _busy_changed(self, w: Worker) -> None:
+        for listener in self._on_busy:
+            listener(w)
 
     def on_queued_without_worker(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` when a request queues while no worker is ready (cold start)."""
@@ -299,6 +308,8 @@ class WorkerPool:
                 return None
         w.in_flight += 1
         w.idle_since = None
+        if w.in_flight == 1 and self._on_busy:
+            self._busy_changed(w)
         return w
 
     async def _wait(self, preferred: str | None, strict: bool) -> Worker:
@@ -356,6 +367,8 @@ class WorkerPool:
             w.idle_since = self.clock()
             if w.state is not WorkerState.READY:
                 w.drained.set()
+            if self._on_busy:
+                self._busy_changed(w)
         if self._waiters:
             self._dispatch()
 
@@ -449,10 +462,11 @@ class WorkerPool:
             return None
         return w
 
-    @staticmethod
-    def _hand(waiter: _Waiter, w: Worker) -> None:
+    def _hand(self, waiter: _Waiter, w: Worker) -> None:
         w.in_flight += 1
         w.idle_since = None
+        if w.in_flight == 1 and self._on_busy:
+            self._busy_changed(w)
         waiter.future.set_result(w)
 
     def _fail_strict_waiters(self, worker_id: str) -> None:

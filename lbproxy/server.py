@@ -24,9 +24,12 @@ from .backends.local import LocalBackend
 from .checks import backend_problems, notices
 from .config import Address, Config, ConfigError, load_config
 from .controller import Controller
+from .cost import CostMeter
+from .dashboard import Dashboard
 from .health import HealthProber
 from .leadership import lead
 from .metrics import Metrics
+from .paths import endpoint_file
 from .policy import ScalingSettings
 from .pool import WorkerPool
 from .proxy.settings import ProxySettings
@@ -146,6 +149,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     prober = HealthProber(pool, config.worker.health_path)
     controller = Controller(scaling_settings(config), pool, prober, metrics)
     backend: Backend
+    # Subscribed to the pool before any worker appears; asks the backend about workers (pod start times) later.
+    meter = CostMeter(config, pool, lambda wid: backend.describe(wid), endpoint_file(config.name, "cost.json"))
+    controller.limit_starts = meter.limit_starts
     try:
         if config.backend.type == "kubernetes":
             from .backends.kubernetes import KubernetesBackend  # needs the kubernetes extra
@@ -176,8 +182,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
                     config.listen.host, config.listen.port)
     admin = Admin(config, pool, controller, metrics.render, backend.describe,
                   lambda: [*config_notices, *backend_notices],
-                  getattr(backend, "status", None))
+                  getattr(backend, "status", None), meter)
+    admin.dashboard = dashboard = Dashboard(pool, metrics.requests, metrics.queue_wait, meter, admin.counts_by_state)
     metrics.watch(admin.counts_by_state, lambda: controller.leading)
+    metrics.watch_cost(meter.metric_rows, lambda: controller.capped_reason is not None)
 
     await prober.start()
     proxy_url = _url(*await proxy.start(listen_sock))
@@ -195,13 +203,16 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     else:
         control = asyncio.create_task(controller.run(backend), name="controller")
     stopping = asyncio.create_task(stop.wait())
+    sampling = asyncio.create_task(dashboard.run(), name="dashboard sampler")
     exit_code = 0
     try:
-        await asyncio.wait({control, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if control.done():  # the controller never returns on its own: this is a bug, so stop rather than limp
-            exit_code = 1
-            failure = control.exception()
-            log.critical("controller stopped: %r; shutting down", failure, exc_info=failure)
+        await asyncio.wait({control, stopping, sampling}, return_when=asyncio.FIRST_COMPLETED)
+        for task, what in ((control, "controller"), (sampling, "dashboard sampler")):
+            if task.done():  # it never returns on its own: this is a bug, so stop rather than limp
+                exit_code = 1
+                failure = task.exception()
+                log.critical("%s stopped: %r; shutting down", what, failure, exc_info=failure)
+                break
         else:
             log.info("shutting down: finishing in-flight requests (at most %gs)", reloader.config.timeouts.shutdown)
     finally:
@@ -211,13 +222,17 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
         pool.close()
         stopping.cancel()
         control.cancel()
+        sampling.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await control
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sampling
         if release is not None:
             with contextlib.suppress(Exception):
                 await release()
         await proxy.cleanup(reloader.config.timeouts.shutdown)  # stops accepting, waits for in-flight (bounded)
         await controller.shutdown()
+        await dashboard.close()  # the cost totals, after every local worker stopped
         await prober.close()
         await admin_runner.cleanup()
         log.info("endpoint %s stopped", config.name)

@@ -402,6 +402,8 @@ BAD_VALUES = [
     ({"limits": {"max_body_size": "30 parsecs"}}, "/limits/max_body_size"),
     ({"listen": "8080"}, "/listen"),
     ({"gpu": {"categories": ["80gb_pro"]}}, "/gpu/categories/0"),
+    ({"cost": {"max_per_hour": 0}}, "/cost/max_per_hour"),
+    ({"cost": {"budget": 80}}, "/cost"),
     ({"gpu": {"cuda_versions": ["twelve"]}}, "/gpu/cuda_versions/0"),
     ({"expose_ports": ["8000/udp"]}, "/expose_ports/0"),
     ({"worker": {"imag": "vllm/vllm-openai"}}, "/worker"),
@@ -888,7 +890,8 @@ def test_grafana_dashboard_shows_the_metrics_lbproxy_exports(gpu_docs):
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     titles = " | ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("requests by status", "latency percentiles", "queue length", "queue wait", "workers by state",
-                  "cold starts", "scale events"):
+                  "cold starts", "scale events", "cost rate", "spent", "billing phase", "spend by phase",
+                  "capped"):
         assert topic in titles
     metrics = Metrics("x")
     metrics.watch(lambda: (0, 0, {"ready": 1}), lambda: True)
@@ -897,11 +900,14 @@ def test_grafana_dashboard_shows_the_metrics_lbproxy_exports(gpu_docs):
     metrics.scaled("up", "load")
     metrics.cold_start.labels("x").observe(1)
     metrics.worker_exits.labels("x").inc()
+    metrics.watch_cost(lambda: ([("24gb", "flex", "busy", 2.0)], [("24gb", "flex", 0.0004)], 0.68, 1), lambda: False)
     exported = set(re.findall(r"^(lbproxy_\w+?)(?:\{| )", metrics.render().decode(), flags=re.M))
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {name for expr in exprs for name in re.findall(r"\blbproxy_\w+", expr)}
     assert used and used <= exported, used - exported
-    assert {"lbproxy_requests_total", "lbproxy_workers", "lbproxy_scale_events_total"} <= used
+    assert {"lbproxy_requests_total", "lbproxy_workers", "lbproxy_scale_events_total", "lbproxy_cost_dollars_total",
+            "lbproxy_worker_seconds_total", "lbproxy_cost_rate_dollars_per_hour", "lbproxy_cold_starts_total",
+            "lbproxy_scaling_capped"} <= used
 
 
 def test_packaged_chart_ships_the_dashboard_and_renders_like_the_directory(tmp_path):

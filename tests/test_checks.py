@@ -299,3 +299,25 @@ def test_queue_delay_not_below_the_wait_never_scales() -> None:
     assert "never scales up" in w and "timeouts.wait (10s)" in w
     assert warnings_about("scaling.queue_delay", workers={"concurrency": 2},
                           scaling={"queue_delay": "3s"}, timeouts={"wait": "10s"}) == []
+
+
+# ---------------------------------------------------------------------------------------------- cost
+
+
+def test_a_spend_limit_below_the_active_workers_rate_warns() -> None:
+    # 2 active 24gb workers at the active price: 2 x $0.00013/s = $0.94/h
+    [warning] = warnings_about("cost.max_per_hour", workers={"active": 2, "max": 4},
+                               cost={"category": "24gb", "max_per_hour": 0.5})
+    assert "$0.5/h is below what workers.active (2) cost ($0.94/h)" in warning
+    assert not warnings_about("cost.max_per_hour", workers={"active": 2, "max": 4},
+                              cost={"category": "24gb", "max_per_hour": 1})
+    assert not warnings_about("cost.max_per_hour", workers={"active": 2, "max": 4}, cost={"max_per_hour": 0.01})
+
+
+def test_kubernetes_with_gpu_categories_refuses_cost_category() -> None:
+    cfg = config(backend={"type": "kubernetes"}, worker={"image": "w:1"}, gpu={"categories": ["80gb"]},
+                 cost={"category": "24gb"})
+    assert any(p.startswith("cost.category: kubernetes bills each pod at its pool's GPU category")
+               for p in backend_problems(cfg))
+    plain = config(backend={"type": "kubernetes"}, worker={"image": "w:1"}, cost={"category": "24gb"})
+    assert not any(p.startswith("cost.") for p in backend_problems(plain))

@@ -69,6 +69,9 @@ async def test_echo_example_answers_and_streams_through_lbproxy(start_endpoint):
         async with client.stream("GET", f"{ep.url}/stream?n=5") as s:
             chunks = [line async for line in s.aiter_lines()]
         assert [c.split(".")[0] for c in chunks] == [f"chunk-{i}" for i in range(5)]
+        cost = (await ep.status())["cost"]  # the example bills its workers at the 24gb price
+        assert cost["priced"] and set(cost["by_category"]) == {"24gb"} and cost["max_per_hour"] == 5
+        assert cost["rate_dollars_per_hour"] == pytest.approx(0.00019 * 3600)
 
 
 # ---------------------------------------------------------------------------------------- OpenAI chat stub

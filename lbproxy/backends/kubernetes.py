@@ -143,6 +143,8 @@ class KubernetesBackend:
         if pod is None:
             return {}
         out: dict[str, object] = {"pod": pod.name, "pool": pod.pool, "phase": pod.phase, "node": pod.node}
+        if pod.started_at is not None:
+            out["started_at"] = pod.started_at
         if pod.unschedulable_since is not None:
             out["unschedulable_seconds"] = round(self.clock() - pod.unschedulable_since, 1)
         return out

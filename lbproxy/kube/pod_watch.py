@@ -8,9 +8,11 @@ the API is down. The proxy keeps routing to the workers it knows meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..backends.base import WorkerAddress, WorkerEvents
@@ -34,6 +36,7 @@ class Pod:
     terminating: bool = False
     draining: bool = False
     unschedulable_since: float | None = None
+    started_at: float | None = None  # status.startTime (unix time): its GPU is billed from then
 
 
 class PodWatch:
@@ -144,6 +147,9 @@ class PodWatch:
                                                    pool.rank if pool else self._unknown_rank))
         pod.phase = phase
         pod.node = spec.get("nodeName", "") or ""
+        if pod.started_at is None and status.get("startTime"):
+            with contextlib.suppress(ValueError, TypeError):
+                pod.started_at = datetime.fromisoformat(status["startTime"]).timestamp()
         unschedulable = any(c.get("type") == "PodScheduled" and c.get("status") == "False"
                             and c.get("reason") == "Unschedulable" for c in status.get("conditions") or ())
         if unschedulable and pod.unschedulable_since is None:
