@@ -10,6 +10,14 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     echo "test.sh: the dashboard test needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver" >&2
   fi
 fi
+# The PostgreSQL store's tests start their own server from Debian's postgresql binaries (never a mock).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "test.sh: the queue store tests need Debian's postgresql: apt-get install -y postgresql" >&2
+  fi
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'

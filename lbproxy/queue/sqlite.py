@@ -14,7 +14,7 @@ from typing import Any
 
 from .answers import JobCounts
 from .jobs import RETRYABLE, TIMED_OUT_ERROR, WORKER_LOST, Job, JobState, NewJob, after_worker_lost, deadline
-from .store import DuplicateJob, Expired, Load
+from .store import DuplicateJob, Expired, Load, StoreEvents
 from .writer import Writer
 
 SWEEP_BATCH = 1000  # rows one sweep step changes: keeps every transaction short
@@ -79,6 +79,9 @@ def _job(row: Any) -> Job:
 class SqliteJobStore:
     """``JobStore`` on SQLite. All statements run on the writer thread; nothing blocks the event loop."""
 
+    shared = False  # one process owns the file: it sees every change itself
+    listening = True
+
     def __init__(self, path: str | Path, endpoint: str, retention: float, sync_retention: float) -> None:
         self.path = Path(path)
         self.endpoint = endpoint
@@ -91,6 +94,9 @@ class SqliteJobStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
+
+    def listen(self, events: StoreEvents) -> None:
+        return None
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

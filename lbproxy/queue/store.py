@@ -2,8 +2,12 @@
 
 One store holds one endpoint's jobs. Every method that changes a job returns only after the change is
 committed, so an answer a client gets (``/run``'s id, a worker's 200) never describes a job that a crash
-could lose. Implementations: ``lbproxy.queue.sqlite`` (one process); issue 13 adds PostgreSQL (replicas).
-``tests/queue/test_store_contract.py`` is the contract every implementation passes.
+could lose. Implementations: ``lbproxy.queue.sqlite`` (one process) and ``lbproxy.queue.postgres`` (several
+replicas share it). ``tests/queue/test_store_contract.py`` is the contract every implementation passes.
+
+A shared store tells each process about the changes the others made (``listen``): new jobs to hand out,
+jobs to stop on a worker, /runsync jobs that finished. A store that cannot be reached raises
+StoreUnavailable, which the APIs answer as "try again" (503, or 429 to a worker's poll).
 
 Ownership rules live here, not in the callers: a worker's result, chunk or progress only lands on a job
 that worker holds right now, and only while the job runs. That is what makes late results harmless and
@@ -22,6 +26,27 @@ from .jobs import Job, JobState, NewJob
 
 class DuplicateJob(Exception):
     """A job with this id exists already."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached now (a database restarting, a network cut); the operation did not happen,
+    or, for a write cut off mid-way, may have. The message says what failed, never a password."""
+
+
+class StoreEvents(Protocol):
+    """What a shared store reports of other processes' changes (called on the event loop)."""
+
+    def jobs_added(self) -> None:
+        """Jobs were queued (submitted, requeued, retried): long polls look again."""
+
+    def stop_job(self, worker_id: str, job_id: str) -> None:
+        """A running job ended on lbproxy's side (cancel, timeout, TTL): its worker must let go of it."""
+
+    def job_finished(self, job_id: str) -> None:
+        """A /runsync job reached a terminal state or was deleted: whoever waits for it reads it again."""
+
+    def missed(self) -> None:
+        """Reports may have been lost (the channel was down): whatever waits for a job reads it again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +68,17 @@ class Expired:
 
 
 class JobStore(Protocol):
+    shared: bool
+    """Other lbproxy processes may use this store at the same time (their workers hold jobs in it)."""
+
+    @property
+    def listening(self) -> bool:
+        """Other processes' changes arrive now (``listen``); False while that channel is down: poll instead."""
+        ...
+
+    def listen(self, events: StoreEvents) -> None:
+        """Report other processes' changes to ``events`` from ``open()`` on (a store no one shares: nothing)."""
+
     async def open(self) -> None:
         """Create the schema if needed. Called once before anything else."""
 
@@ -107,7 +143,8 @@ class JobStore(Protocol):
         ...
 
     async def release_all(self, now: float, max_attempts: int) -> list[Job]:
-        """At start: no worker of an earlier process can report any more, so every running job is lost."""
+        """At start: no worker of an earlier process can report any more, so every running job is lost. Only
+        for a store that is not ``shared`` (other processes' workers may be running those jobs)."""
         ...
 
     async def time_out(self, now: float) -> list[Job]:

@@ -1,6 +1,7 @@
-"""The JobStore contract: every store (SQLite now, PostgreSQL in issue 13) passes exactly these tests.
+"""The JobStore contract: every store (SQLite, PostgreSQL) passes exactly these tests.
 
-A new store adds one entry to STORES. Times are plain numbers (the store never reads a clock).
+A new store adds one entry to STORES. Times are plain numbers (the store never reads a clock). PostgreSQL is a
+real server the suite starts (tests/queue/pg_server.py), each test on a database of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lbproxy.queue.jobs import JobState, NewJob
+from lbproxy.queue.postgres import PostgresJobStore
 from lbproxy.queue.sqlite import SqliteJobStore
 from lbproxy.queue.store import DuplicateJob, JobStore
 
@@ -20,12 +22,17 @@ RETENTION, SYNC_RETENTION = 100.0, 10.0
 T0 = 1_000_000.0
 
 
-def _sqlite(tmp: Path, endpoint: str) -> JobStore:
+def _sqlite(request: pytest.FixtureRequest, tmp: Path, endpoint: str) -> JobStore:
     return SqliteJobStore(tmp / "jobs.db", endpoint, RETENTION, SYNC_RETENTION)
 
 
-# name -> factory(directory, endpoint name). Stores opened twice on one directory see the same jobs.
-STORES: dict[str, Callable[[Path, str], JobStore]] = {"sqlite": _sqlite}
+def _postgres(request: pytest.FixtureRequest, tmp: Path, endpoint: str) -> JobStore:
+    return PostgresJobStore(request.getfixturevalue("pg_url"), endpoint, RETENTION, SYNC_RETENTION)
+
+
+# name -> factory(request, directory, endpoint name). Stores opened twice in one test see the same jobs.
+STORES: dict[str, Callable[[pytest.FixtureRequest, Path, str], JobStore]] = {
+    "sqlite": _sqlite, "postgresql": _postgres}
 
 
 @pytest.fixture(params=sorted(STORES))
@@ -34,7 +41,7 @@ async def open_store(request: pytest.FixtureRequest,
     opened: list[JobStore] = []
 
     async def open_one(endpoint: str = "ep") -> JobStore:
-        store = STORES[request.param](tmp_path, endpoint)
+        store = STORES[request.param](request, tmp_path, endpoint)
         await store.open()
         opened.append(store)
         return store
