@@ -13,6 +13,7 @@ from lbproxy.config import Config
 from lbproxy.config_fields import refused_locally
 from lbproxy.durations import format_duration
 from lbproxy.prices import tariff_for
+from lbproxy.queue.locations import store_kind
 
 __all__ = ["backend_problems", "notices", "risk_warnings"]
 
@@ -116,9 +117,8 @@ def _active_rate_per_hour(config: Config) -> float:
 def backend_problems(config: Config) -> list[str]:
     """Why `serve` must refuse this config with its backend: a setting it cannot honour is an error."""
     problems: list[str] = []
-    if config.type == "queue" and config.backend.type == "kubernetes":
-        problems.append("type: queue: runs on the local backend in this release (kubernetes workers for queue "
-                        "endpoints come next); set backend.type: local")
+    if config.type == "queue":
+        problems += _queue_problems(config)
     if config.backend.type == "local":
         for key, why in _KUBERNETES_ONLY.items():
             if config.set_in_file(key):
@@ -138,6 +138,26 @@ def backend_problems(config: Config) -> list[str]:
         if importlib.util.find_spec("kubernetes") is None:
             problems.append("backend.type: kubernetes needs the official client: pip install 'lbproxy[kubernetes]'")
     return problems
+
+
+def _queue_problems(config: Config) -> list[str]:
+    """What a queue endpoint needs of its store and, on Kubernetes, of the way worker pods reach it."""
+    q = config.queue
+    found: list[str] = []
+    if store_kind(q.store) == "postgresql" and importlib.util.find_spec("asyncpg") is None:
+        found.append("queue.store: a postgresql:// store needs its driver: pip install 'lbproxy[postgres]'")
+    if config.backend.type != "kubernetes" or q.delivery != "sdk":
+        return found
+    if q.worker_url is None:
+        found.append("queue.worker_url: required with type: queue on kubernetes: the URL worker pods reach the "
+                     "worker API at (e.g. http://NAME-proxy-worker-api:8081; the Helm chart sets it)")
+    if q.worker_key_secret is None:
+        found.append("queue.worker_key_secret: required with type: queue on kubernetes: the Secret holding the "
+                     "workers' key (key worker-key; the Helm chart creates it)")
+    if q.worker_listen.is_loopback() or q.worker_listen.port == 0:
+        found.append(f"queue.worker_listen: {q.worker_listen} cannot be reached by worker pods; listen on all "
+                     "interfaces at a fixed port (e.g. 0.0.0.0:8081)")
+    return found
 
 
 def notices(config: Config) -> list[str]:

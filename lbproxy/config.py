@@ -80,6 +80,7 @@ __all__ = [
 ]
 
 API_KEYS_ENV = "LBPROXY_API_KEYS"
+QUEUE_STORE_ENV = "LBPROXY_QUEUE_STORE"
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -365,30 +366,46 @@ class BackendSettings(_Settings):
     """Extra worker container `requests`/`limits` (cpu, memory); the GPU limit comes from `workers.gpus`."""
 
 
-def _sqlite_url(value: str | None) -> str | None:
+def _store_url(value: str | None) -> str | None:
     if value is None:
         return None
-    from lbproxy.queue.locations import sqlite_path  # pure parsing; nothing is opened here
+    from lbproxy.queue.locations import store_kind  # pure parsing; nothing is opened here
 
-    try:
-        sqlite_path(value)
-    except ValueError as exc:
-        raise ValueError(f"{exc}; the only store in this release is sqlite:///PATH.db") from None
+    store_kind(value)  # its ValueError never repeats the URL, which may hold a password
     return value
 
 
 class QueueSettings(_Settings):
     """`type: queue` endpoints (README "Queue endpoints"): where jobs are kept and how workers get them."""
 
-    store: Annotated[str | None, AfterValidator(_sqlite_url)] = None
-    """Where jobs are kept: `sqlite:///PATH.db` (WAL, durable commits). Unset: `<endpoint name>.queue.db` in
-    lbproxy's data directory (LBPROXY_DATA_DIR, else ~/.local/share/lbproxy)."""
+    store: Annotated[str | None, AfterValidator(_store_url)] = None
+    """Where jobs are kept: `sqlite:///PATH.db` (WAL, durable commits; one lbproxy process), or
+    `postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (`pip install 'lbproxy[postgres]'`; a queue several
+    replicas share). `LBPROXY_QUEUE_STORE` replaces it at start (a password then stays out of the file; so does
+    `PGPASSWORD`). Unset: `<endpoint name>.queue.db` in lbproxy's data directory (LBPROXY_DATA_DIR, else
+    ~/.local/share/lbproxy)."""
+    migrate: bool = True
+    """PostgreSQL: `serve` creates the tables and migrates them to its version (one replica does, under a
+    lock). `false`: it only checks the version and refuses to start when behind; run `lbproxy queue migrate
+    CONFIG` with a user allowed to change the schema."""
     delivery: Literal["sdk", "http"] = "sdk"
     """`sdk`: workers are unchanged `runpod` SDK workers that pull jobs from `worker_listen`. `http`: lbproxy
     POSTs each job to `worker.job_path` on a ready HTTP worker (any load-balancer worker)."""
     worker_listen: _AddressField = Address("127.0.0.1", 0)
     """`sdk`: where the worker API (job-take, job-done, job-stream, job-stop, ping) listens; port 0 picks a
-    free one. Apart from `listen`, so clients never reach worker routes."""
+    free one. Apart from `listen`, so clients never reach worker routes. Kubernetes: all interfaces on a fixed
+    port (the Helm chart: `0.0.0.0:8081`), so that worker pods reach it."""
+    worker_url: Annotated[
+        _Text | None, kubernetes_only("local workers reach the worker API on queue.worker_listen itself")
+    ] = None
+    """`sdk` on Kubernetes: the URL worker pods reach the worker API at, e.g. `http://NAME-proxy-worker-api:8081`
+    (a Service in front of every proxy replica's `worker_listen`; the Helm chart sets both)."""
+    worker_key_secret: Annotated[
+        _Text | None, kubernetes_only("local workers each get a secret of their own in their environment")
+    ] = None
+    """`sdk` on Kubernetes: the Secret whose key `worker-key` worker pods get as RUNPOD_AI_API_KEY (never a plain
+    value in the Deployment); the proxy reads the same key from LBPROXY_WORKER_KEY. A worker is accepted only
+    with it and from the IP of the pod it names, so it reaches its own jobs only. The Helm chart creates both."""
     retention: _PositiveDuration = 1800.0
     """How long a finished job's result is kept for `/status` (Runpod: 30 min); then it is deleted."""
     sync_retention: _PositiveDuration = 60.0
@@ -443,7 +460,7 @@ class Config(_Settings):
     type: Literal["load_balancer", "queue"] = "load_balancer"
     """`load_balancer`: requests go straight to workers. `queue`: Runpod-compatible asynchronous jobs
     (`/v2/NAME/run`, `/runsync`, `/status`, ...) that unchanged `runpod` SDK workers pull (README "Queue
-    endpoints"); local backend only in this release."""
+    endpoints")."""
     listen: _AddressField = Address("0.0.0.0", 8080)
     """The proxy's address, `HOST:PORT` (`:8080`: every IPv4 interface)."""
     admin: _AddressField = Address("127.0.0.1", 9090)
@@ -476,7 +493,7 @@ class Config(_Settings):
     """How one worker starts, and where lbproxy reaches it."""
     backend: BackendSettings = BackendSettings()
     """What runs the workers."""
-    queue: Annotated[QueueSettings, backend_only("local")] = QueueSettings()
+    queue: QueueSettings = QueueSettings()
     """`type: queue` endpoints: where jobs are kept, how workers get them, how long results stay."""
     cost: CostSettings = CostSettings()
     """What workers cost (README "Cost"), and a spend limit."""
@@ -551,7 +568,14 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
 
     `environ` defaults to os.environ. Raises ConfigError listing every problem.
     """
-    env_keys, problems = _env_api_keys(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    env_keys, problems = _env_api_keys(environ)
+    env_store = environ.get(QUEUE_STORE_ENV, "").strip() or None
+    if env_store is not None:
+        try:
+            _store_url(env_store)
+        except ValueError as exc:
+            problems.append(f"{QUEUE_STORE_ENV}: {exc}")
     if not isinstance(data, Mapping):
         raise ConfigError([f"config: must be a mapping of settings (key: value), not {type(data).__name__}"])
     try:
@@ -562,6 +586,8 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
         raise ConfigError(["config: nested too deeply"]) from None
     if problems:
         raise ConfigError(problems)
+    if env_store is not None:
+        config = _replace(config, queue=_replace(config.queue, store=env_store))
     file_keys = [key.get_secret_value() for key in config.auth.api_keys]
     added = [SecretStr(key) for key in dict.fromkeys(env_keys) if key not in file_keys]
     if not added:

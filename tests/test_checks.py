@@ -204,10 +204,20 @@ def test_queue_endpoints_are_served_by_the_local_backend() -> None:
     assert backend_problems(config(type="queue")) == []
 
 
-def test_queue_endpoints_on_kubernetes_are_refused_naming_the_key() -> None:
+def test_queue_endpoints_on_kubernetes_need_a_reachable_worker_api_and_the_workers_key() -> None:
     problems = backend_problems(config(type="queue", backend={"type": "kubernetes"}, worker={"image": "img:1"}))
-    assert [p.split(":")[0] for p in problems] == ["type"]
-    assert "set backend.type: local" in problems[0]
+    assert [p.split(":")[0] for p in problems] == ["queue.worker_url", "queue.worker_key_secret",
+                                                   "queue.worker_listen"]
+    assert "the Helm chart sets it" in problems[0]
+    served = config(type="queue", backend={"type": "kubernetes"}, worker={"image": "img:1"},
+                    queue={"worker_url": "http://q-proxy-worker-api:8081", "worker_key_secret": "q-worker-key",
+                           "worker_listen": "0.0.0.0:8081"})
+    assert backend_problems(served) == []
+
+
+def test_queue_settings_for_kubernetes_workers_are_refused_locally() -> None:
+    problems = backend_problems(config(type="queue", queue={"worker_url": "http://x:1"}))
+    assert [p.split(":")[0] for p in problems] == ["queue.worker_url"]
 
 
 def test_kubernetes_backend_needs_an_image() -> None:

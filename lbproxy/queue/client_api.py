@@ -10,10 +10,10 @@ from aiohttp import web
 from ..auth import ApiKeys
 from ..config import Config
 from .answers import accepted_body, health_body, status_body, stream_body
-from .http_errors import Handler, json_answer, json_error
+from .http_errors import Handler, json_answer, json_error, unavailable
 from .jobs import JobState
 from .service import QueueService, new_job_id
-from .store import DuplicateJob
+from .store import DuplicateJob, StoreUnavailable
 from .submissions import BadSubmission, parse_submission, runsync_wait
 
 
@@ -55,7 +55,10 @@ class ClientApi:
                 return json_error(404, "no_such_endpoint", f"this is endpoint {self.name!r}, not {endpoint!r}")
             if self.stopping and handler in (self.run, self.runsync):
                 return json_error(503, "shutting_down", "the endpoint is shutting down; submit again shortly")
-            return await handler(request)
+            try:
+                return await handler(request)
+            except StoreUnavailable as exc:  # a database restarting: nothing was accepted, submit again
+                return unavailable(exc)
         return guarded
 
     async def no_route(self, request: web.Request) -> web.Response:

@@ -28,10 +28,9 @@ from ..pool import WorkerPool
 from ..server import BindError, _start_site, _url, bind, scaling_settings
 from .client_api import ClientApi
 from .http_delivery import HttpDelivery
-from .locations import store_path
 from .sdk_env import worker_env
 from .service import QueueService
-from .sqlite import SqliteJobStore
+from .stores import described, store_for
 from .worker_api import WorkerApi
 
 log = logging.getLogger("lbproxy")
@@ -41,6 +40,7 @@ class QueueAdmin(Admin):
     """The admin port of a queue endpoint: its queue is the job store's, not the pool's (empty here)."""
 
     service: QueueService
+    store_where = ""
 
     def status(self) -> dict[str, Any]:
         status = super().status()
@@ -51,6 +51,9 @@ class QueueAdmin(Admin):
             "oldest_wait_seconds": round(max(0.0, self.service.clock() - oldest), 3) if oldest is not None else 0.0,
             "note": "jobs as of the controller's latest tick; low-priority jobs are not counted",
         }
+        store = self.service.store
+        status["store"] = {"where": self.store_where, "shared": store.shared, "notifications": store.listening,
+                           "unavailable": self.service.store_down}
         return status
 
     def counts_by_state(self) -> tuple[int, int, dict[str, int]]:
@@ -112,7 +115,8 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         return 2
     metrics = Metrics(config.name)
     pool = WorkerPool(config.workers.concurrency, config.limits.max_queue, config.timeouts.wait)
-    store = SqliteJobStore(store_path(config.name, q.store, environ), config.name, q.retention, q.sync_retention)
+    store = store_for(config, environ)
+    where = described(config, environ)
     stopping_tasks: set[asyncio.Task[bool]] = set()
     backend: LocalBackend | None = None
 
@@ -133,7 +137,7 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
     try:
         await service.start()
     except Exception as exc:  # an unreadable or locked store: say where, exit 2 like a bad config
-        log.error("cannot open the job store %s: %s", store.path, exc)
+        log.error("cannot open the job store %s: %s", where, exc)
         for sock in (listen_sock, admin_sock, worker_sock):
             sock.close()
         return 2
@@ -172,11 +176,12 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         log.warning("auth.api_keys is empty: the endpoint is open to anyone who can reach %s", config.listen)
     admin = QueueAdmin(config, pool, controller, metrics.render, backend.describe, lambda: config_notices)
     admin.service = service
+    admin.store_where = where
     metrics.watch(admin.counts_by_state, lambda: controller.leading)
     client_runner, client_url = await _start_site(client.app(), listen_sock, grace)
     admin_runner, admin_url = await _start_site(admin.app(), admin_sock, grace)
     log.info("queue endpoint %s listening on %s/v2/%s (admin %s, worker API %s, store %s), workers %d..%d, "
-             "delivery %s", config.name, client_url, config.name, admin_url, worker_url, store.path,
+             "delivery %s", config.name, client_url, config.name, admin_url, worker_url, where,
              config.workers.active, config.workers.max, q.delivery)
 
     for sig in (signal.SIGTERM, signal.SIGINT):

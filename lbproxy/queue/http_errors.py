@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from .answers import error_body
+from .store import StoreUnavailable
 
 log = logging.getLogger("lbproxy.queue")
 
@@ -27,6 +28,15 @@ def json_error(status: int, code: str, message: str, job_status: str | None = No
     return json_answer(error_body(code, message, job_status or _STATUS_NAMES.get(status, "ERROR")), status)
 
 
+def unavailable(exc: StoreUnavailable, status: int = 503) -> web.Response:
+    """The store is away (a database restart): try again shortly. 429 for a worker's poll: the SDK backs off
+    on 429 only, and polls again at once on anything else."""
+    resp = json_error(status, "store_unavailable", f"the job store is unavailable ({exc}); try again shortly")
+    resp.headers["Retry-After"] = str(RETRY_AFTER_UNAVAILABLE)
+    return resp
+
+
+RETRY_AFTER_UNAVAILABLE = 2
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -35,6 +45,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """aiohttp's own errors (no route, wrong method, body over client_max_size) as JSON too."""
     try:
         return await handler(request)
+    except StoreUnavailable as exc:
+        return unavailable(exc)
     except web.HTTPRequestEntityTooLarge as exc:
         return json_error(413, "body_too_large", f"the body is over the limit ({exc.text})")
     except web.HTTPException as exc:

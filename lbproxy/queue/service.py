@@ -5,6 +5,12 @@ soon as it is committed. Leases are renewed by pings; the sweeper times jobs out
 expires TTLs and deletes old results. Everything durable goes through the store; what is here in memory
 (who waits, which stop signals are pending) is rebuilt from nothing after a restart, when every job that was
 running is requeued (its worker belonged to the process that died).
+
+A shared store (PostgreSQL, several replicas) reports the other replicas' changes through the StoreEvents
+methods below, so a job submitted to one replica wakes a worker polling another, and a cancel on one stops
+the job where it runs. While that channel is down, long polls look at the store every ``FALLBACK_POLL``
+seconds instead. At start, a shared store's running jobs are left alone (other replicas' workers run them):
+those of this replica's dead workers come back when their leases lapse.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ..config import Config
 from ..policy import Snapshot, WorkerState
@@ -24,7 +31,7 @@ from .answers import JobCounts, WorkerCounts, status_body
 from .jobs import Job, JobState, NewJob
 from .results import Outcome, read_chunk, read_result
 from .sessions import WorkerSession
-from .store import JobStore, Load
+from .store import JobStore, Load, StoreUnavailable
 from .submissions import Defaults
 from .webhooks import Webhooks
 
@@ -32,6 +39,7 @@ log = logging.getLogger("lbproxy.queue")
 
 SWEEP_INTERVAL = 0.5
 LEAVING_HOLD = 0.25
+FALLBACK_POLL = 1.0  # how often long polls look at a shared store while its notifications are down
 _LEAVING = (WorkerState.DRAINING, WorkerState.STOPPING, WorkerState.EXITED)
 _LIVE = (WorkerState.STARTING, WorkerState.READY)
 
@@ -76,18 +84,22 @@ class QueueService:
         self._finished: dict[str, list[asyncio.Future[Job | None]]] = {}
         self._stop_hooks: list[Callable[[str, str], None]] = []  # (worker id, job id): http delivery
         self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.store_down: str | None = None  # why the store is unreachable now (logged once per outage)
         self.last_load = Load(0, None, 0)  # as of the controller's latest tick, for /status and /metrics
         pool.on_state_change(self._worker_state)
+        store.listen(self)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.store.open()
-        lost = await self.store.release_all(self.clock(), self.max_attempts)
-        if lost:
-            log.warning("%d job(s) were running when lbproxy last stopped: requeued (or failed after "
-                        "queue.max_attempts)", len(lost))
-        self._settled(lost)
+        if not self.store.shared:
+            lost = await self.store.release_all(self.clock(), self.max_attempts)
+            if lost:
+                log.warning("%d job(s) were running when lbproxy last stopped: requeued (or failed after "
+                            "queue.max_attempts)", len(lost))
+            self._settled(lost)
         await self.webhooks.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="queue sweeper")
 
@@ -96,6 +108,9 @@ class QueueService:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for waiters in self._finished.values():
             for fut in waiters:
                 if not fut.done():
@@ -123,9 +138,16 @@ class QueueService:
             job = await self.store.get(job_id)  # after registering: a result that lands now is not missed
             if job is None or job.terminal:
                 return job
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    return await fut
+            loop = asyncio.get_running_loop()
+            until = loop.time() + wait
+            while (left := until - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left if self.store.listening else min(left, FALLBACK_POLL)):
+                        return await fut
+                if not self.store.listening:  # another replica may have finished it unheard
+                    job = await self.store.get(job_id)
+                    if job is None or job.terminal:
+                        return job
             return await self.store.get(job_id)
         finally:
             waiters = self._finished.get(job_id)
@@ -167,8 +189,13 @@ class QueueService:
         return counts, WorkerCounts(idle, running, initializing, unhealthy)
 
     async def snapshot(self, blocked_until: float, pending_starts: int) -> Snapshot:
-        """The controller's view: the pool's workers with the queue's jobs (low priority left out)."""
-        load = self.last_load = await self.store.load()
+        """The controller's view: the pool's workers with the queue's jobs (low priority left out). With the
+        store unreachable, the last load it gave (scaling holds still rather than guessing)."""
+        try:
+            self.last_load = await self.store.load()
+        except StoreUnavailable as exc:
+            self._store_trouble(exc)
+        load = self.last_load
         snap = self.pool.snapshot(blocked_until, pending_starts)
         oldest = None
         if load.oldest_created_at is not None:
@@ -237,7 +264,7 @@ class QueueService:
             if remaining <= 0:
                 return []
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(remaining if self.store.listening else min(remaining, FALLBACK_POLL)):
                     await event.wait()
 
     async def stops(self, session: WorkerSession) -> list[str]:
@@ -316,10 +343,51 @@ class QueueService:
         if session is not None:
             session.gone = True
             session.stop_wake.set()
-        lost = await self.store.release_worker(worker_id, self.clock(), self.max_attempts)
+        try:
+            lost = await self.store.release_worker(worker_id, self.clock(), self.max_attempts)
+        except StoreUnavailable as exc:  # its leases lapse instead: the jobs come back later, not never
+            log.warning("worker %s exited; its jobs go back to the queue when their leases lapse (%s)", worker_id, exc)
+            return
         if lost:
             log.warning("worker %s exited holding %d job(s): requeued", worker_id, len(lost))
         self._settled(lost)
+
+    # -- StoreEvents: what other replicas did (a shared store) -------------------------------------------
+
+    def jobs_added(self) -> None:
+        self._available()
+
+    def stop_job(self, worker_id: str, job_id: str) -> None:
+        self._stop_on_worker(worker_id, job_id)
+
+    def job_finished(self, job_id: str) -> None:
+        if self._finished.get(job_id):
+            self._spawn(self._reread(job_id))
+
+    def missed(self) -> None:
+        for job_id in list(self._finished):
+            self._spawn(self._reread(job_id))
+
+    async def _reread(self, job_id: str) -> None:
+        """A /runsync job another replica finished (or the TTL removed): wake those waiting for it here."""
+        try:
+            job = await self.store.get(job_id)
+        except StoreUnavailable:
+            return  # the waiters poll the store while it is away
+        if job is None or job.terminal:
+            for fut in self._finished.get(job_id, ()):
+                if not fut.done():
+                    fut.set_result(job)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _store_trouble(self, exc: StoreUnavailable) -> None:
+        if self.store_down is None:
+            log.error("job store unavailable: %s; /run answers 503 until it is back", exc)
+        self.store_down = str(exc)
 
     def work_event(self) -> tuple[asyncio.Event, int]:
         """For a poll about to look for jobs: the event set when jobs arrive, and a mark to check later."""
@@ -392,8 +460,14 @@ class QueueService:
         while True:
             try:
                 await self.sweep()
+            except StoreUnavailable as exc:  # one line per outage, not a traceback twice a second
+                self._store_trouble(exc)
             except Exception:  # a failing disk must not end the sweeper: log, try again next round
                 log.exception("queue sweep failed")
+            else:
+                if self.store_down is not None:
+                    log.info("job store available again")
+                    self.store_down = None
             await asyncio.sleep(SWEEP_INTERVAL)
 
     async def sweep(self) -> None:

@@ -15,10 +15,11 @@ import logging
 from aiohttp import web
 
 from ..config import Config
-from .http_errors import json_error, json_errors
+from .http_errors import json_error, json_errors, unavailable
 from .jobs import Job
 from .service import QueueService
 from .sessions import WorkerSession
+from .store import StoreUnavailable
 
 log = logging.getLogger("lbproxy.queue.workers")
 
@@ -80,7 +81,10 @@ class WorkerApi:
         session = await self._session(request)
         if isinstance(session, web.Response):
             return session
-        jobs = await self.service.take(session, 1)
+        try:
+            jobs = await self.service.take(session, 1)
+        except StoreUnavailable as exc:
+            return unavailable(exc, 429)
         if not jobs:
             return web.Response(status=204)
         return web.Response(body=self._jobs(jobs)[0], content_type="application/json")
@@ -93,7 +97,10 @@ class WorkerApi:
             wanted = max(1, min(int(request.query.get("batch_size", "1")), MAX_BATCH))
         except ValueError:
             wanted = 1
-        jobs = await self.service.take(session, wanted)
+        try:
+            jobs = await self.service.take(session, wanted)
+        except StoreUnavailable as exc:
+            return unavailable(exc, 429)
         if not jobs:
             return web.Response(status=204)
         return web.Response(body=b"[" + b",".join(self._jobs(jobs)) + b"]", content_type="application/json")

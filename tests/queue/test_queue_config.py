@@ -19,7 +19,8 @@ def test_queue_defaults_follow_runpod():
 
 
 @pytest.mark.parametrize("queue, problem", [
-    ({"store": "postgres://db/q"}, "queue.store: must start with sqlite:"),
+    ({"store": "postgres://db"}, "queue.store: names no database"),
+    ({"store": "redis://db/0"}, "queue.store: must be sqlite:///PATH.db or postgresql://"),
     ({"lease": "3s", "ping_interval": "2s"}, "queue.lease: must be at least two ping intervals (4s)"),
     ({"stop_grace": "4s", "ping_interval": "2s"}, "queue.stop_grace: must be more than two ping intervals (4s)"),
     ({"max_attempts": 0}, "queue.max_attempts:"),
@@ -34,11 +35,21 @@ def test_bad_queue_settings_name_the_key(queue, problem):
     assert any(p.startswith(problem) for p in exc.value.problems), exc.value.problems
 
 
-def test_serve_refuses_a_queue_endpoint_on_kubernetes_with_exit_2(tmp_path):
+def test_serve_refuses_a_kubernetes_queue_endpoint_its_workers_cannot_reach_with_exit_2(tmp_path):
     cfg = tmp_path / "q.yaml"
     cfg.write_text("name: q\ntype: queue\nworker: {image: img:1}\nbackend: {type: kubernetes}\n")
     r = lbproxy("serve", str(cfg))
-    assert r.returncode == 2 and "type: queue:" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "queue.worker_url:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_store_url_may_come_from_the_environment_and_is_never_echoed():
+    cfg = {"name": "q", "type": "queue", "queue": {"store": "sqlite:///x.db"}}
+    env = {"LBPROXY_QUEUE_STORE": "postgresql://u:hunter2@db:5432/jobs"}
+    assert parse_config(cfg, env).queue.store == env["LBPROXY_QUEUE_STORE"]
+    with pytest.raises(ConfigError) as exc:
+        parse_config(cfg, {"LBPROXY_QUEUE_STORE": "postgresql://u:hunter2@db:x/jobs"})
+    assert exc.value.problems[0].startswith("LBPROXY_QUEUE_STORE: is not a valid postgresql:// URL")
+    assert "hunter2" not in str(exc.value)
 
 
 def test_serve_exits_2_when_the_job_store_cannot_be_opened(tmp_path):
