@@ -1,4 +1,5 @@
-"""The ``lbproxy`` command: ``serve CONFIG``, ``check CONFIG``, ``--version``.
+"""The ``lbproxy`` command: ``serve CONFIG``, ``check CONFIG``, ``render CONFIG``, ``queue migrate CONFIG``,
+``--version``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 invalid config (one line per problem, naming the key).
 """
@@ -67,6 +68,20 @@ def cmd_render(path: str) -> int:
     return 0
 
 
+def cmd_queue_migrate(path: str) -> int:
+    """Create or migrate the PostgreSQL job store's schema (for migrations run apart from ``serve``)."""
+    config = _load(path)
+    if config is None:
+        return EXIT_INVALID
+    problems = [p for p in backend_problems(config) if p.startswith("queue.store")]
+    if problems:
+        print(f"lbproxy: {problems[0]}", file=sys.stderr)
+        return EXIT_INVALID
+    from .queue.migrate_cmd import migrate
+
+    return migrate(config)
+
+
 def cmd_serve(path: str, log_level: str) -> int:
     config = _load(path)
     if config is None:
@@ -107,7 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_check.add_argument("config", metavar="CONFIG")
     p_render = sub.add_parser("render", help="print the kubernetes worker manifests for CONFIG")
     p_render.add_argument("config", metavar="CONFIG")
+    p_queue = sub.add_parser("queue", help="queue endpoints' job store")
+    queue_sub = p_queue.add_subparsers(dest="queue_command", required=True)
+    p_migrate = queue_sub.add_parser("migrate", help="create or migrate the PostgreSQL job store's schema")
+    p_migrate.add_argument("config", metavar="CONFIG")
     args = parser.parse_args(argv)
+    if args.command == "queue":
+        return cmd_queue_migrate(args.config)
     if args.command == "check":
         return cmd_check(args.config)
     if args.command == "render":

@@ -186,9 +186,21 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    role = None
+    if store.shared:  # local replicas on one queue: the advisory lock's holder scales (queue.leader)
+        from .leader import ReplicaRole
+        from .postgres import PostgresJobStore
+
+        assert isinstance(store, PostgresJobStore)
+        role = ReplicaRole(store, controller, pool, lambda: scaling_settings(config))
+        await role.step()  # the controller's first decision already knows this replica's role
     control = asyncio.create_task(controller.run(backend), name="controller")
     stopping = asyncio.create_task(stop.wait())
     roots = {control, stopping, *([service.sweeper] if service.sweeper else [])}
+    if role is not None:
+        await asyncio.sleep(0)  # controller.run marks itself leading as it starts: the role says otherwise
+        controller.leading = role.leading
+        roots.add(asyncio.create_task(role.run(), name="replica role"))
     exit_code = 0
     try:
         await asyncio.wait(roots, return_when=asyncio.FIRST_COMPLETED)
@@ -205,9 +217,13 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         admin.stopping = client.stopping = True
         pool.close()
         stopping.cancel()
-        control.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await control
+        for task in roots - {stopping}:
+            if task is not service.sweeper:
+                task.cancel()
+        for task in roots - {stopping}:
+            if task is not service.sweeper:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await client_runner.cleanup()
         if delivery is not None:
             await delivery.close()

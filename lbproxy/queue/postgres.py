@@ -433,6 +433,32 @@ class PostgresJobStore:
                          failed=row["failed"], retried=row["retried"], in_queue_for_scaling=row["scaling"],
                          oldest_for_scaling=row["oldest"])
 
+    # -- replicas (local backend): who leads, and how many workers the others run ---------------------
+
+    async def beat(self, workers: int, now: float) -> None:
+        """Record this replica's worker count (read by the leader to count followers' workers)."""
+        async with self._db() as conn:
+            await conn.execute(
+                "INSERT INTO lbproxy_replicas (endpoint, replica, workers, seen_at) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (endpoint, replica) DO UPDATE SET workers = $3, seen_at = $4",
+                self.endpoint, self.replica, workers, now)
+
+    async def others_workers(self, since: float) -> int:
+        """Workers of the other replicas that reported since ``since`` (older rows are deleted: gone)."""
+        async with self._db() as conn:
+            await conn.execute("DELETE FROM lbproxy_replicas WHERE endpoint = $1 AND seen_at < $2",
+                               self.endpoint, since)
+            total = await conn.fetchval("SELECT coalesce(sum(workers), 0) FROM lbproxy_replicas WHERE endpoint = $1"
+                                        " AND replica <> $2", self.endpoint, self.replica)
+        return int(total)
+
+    async def leave(self) -> None:
+        """At shutdown: no longer counted by the leader."""
+        with contextlib.suppress(StoreUnavailable):
+            async with self._db() as conn:
+                await conn.execute("DELETE FROM lbproxy_replicas WHERE endpoint = $1 AND replica = $2",
+                                   self.endpoint, self.replica)
+
     async def held_by(self, worker_id: str) -> list[str]:
         async with self._db() as conn:
             rows = await conn.fetch("SELECT id FROM lbproxy_jobs WHERE worker_id = $1 AND state = 'IN_PROGRESS'"

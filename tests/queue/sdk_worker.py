@@ -2,7 +2,8 @@
 
 Input keys (all optional): sleep (seconds), progress (a value for progress_update), fail (raise), error
 (return {"error": ...}), exit (os._exit(1) mid-job: a crash), size (return that many bytes of text),
-marker (a file to write "cancelled" to when an async job is stopped).
+marker (a file to write "cancelled" to when an async job is stopped). With RUNS_LOG set, every handler
+start appends "<job id> <worker id>" to that file (one short O_APPEND write: lines never interleave).
 """
 
 import asyncio
@@ -15,6 +16,15 @@ import runpod
 KIND = os.environ.get("HANDLER", "sync")
 
 
+def _record(job):
+    if os.environ.get("RUNS_LOG"):
+        fd = os.open(os.environ["RUNS_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{job['id']} {os.environ.get('RUNPOD_POD_ID')}\n".encode())
+        finally:
+            os.close(fd)
+
+
 def _facts(job):
     return {"echo": job["input"], "keys": sorted(job), "s3Config": job.get("s3Config"), "pid": os.getpid(),
             "worker": os.environ.get("RUNPOD_POD_ID"),
@@ -23,6 +33,7 @@ def _facts(job):
 
 
 def sync_handler(job):
+    _record(job)
     data = job["input"] if isinstance(job["input"], dict) else {}
     if "progress" in data:
         runpod.serverless.progress_update(job, data["progress"])
@@ -39,12 +50,14 @@ def sync_handler(job):
 
 
 def generator_handler(job):
+    _record(job)
     for i in range(int(job["input"].get("n", 3))):
         time.sleep(float(job["input"].get("interval", 0)))
         yield {"chunk": i}
 
 
 async def async_handler(job):
+    _record(job)
     data = job["input"]
     started = time.time()
     try:
