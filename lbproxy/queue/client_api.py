@@ -58,6 +58,7 @@ class ClientApi:
             try:
                 return await handler(request)
             except StoreUnavailable as exc:  # a database restarting: nothing was accepted, submit again
+                self.service.store_trouble(exc)
                 return unavailable(exc)
         return guarded
 

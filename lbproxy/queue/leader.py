@@ -65,5 +65,7 @@ class ReplicaRole:
                 self.follower_workers = await self.store.others_workers(now - STALE)
         except StoreUnavailable:
             pass  # the lock went with the session; the next step campaigns again
+        except Exception:  # never the end of scaling: the next step tries again
+            log.exception("replica heartbeat failed")
         self.controller.settings = role_settings(self.settings(), leading, self.follower_workers)
         self.controller.leading = leading

@@ -52,6 +52,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.InternalClientError,  # the pool resetting a connection the server just closed
 )
 
 
@@ -117,7 +118,9 @@ class PostgresJobStore:
         Raises StoreUnavailable or pg_schema.SchemaError."""
         try:
             self.pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT,
+                # No floor of idle connections: the pool would retry (and log tracebacks) to keep one open while
+                # the database is away; connections are made as requests need them.
+                self.url, min_size=0, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT,
                 max_inactive_connection_lifetime=60.0)
             async with self.pool.acquire() as conn:
                 if self.auto_migrate:

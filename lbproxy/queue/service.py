@@ -194,7 +194,7 @@ class QueueService:
         try:
             self.last_load = await self.store.load()
         except StoreUnavailable as exc:
-            self._store_trouble(exc)
+            self.store_trouble(exc)
         load = self.last_load
         snap = self.pool.snapshot(blocked_until, pending_starts)
         oldest = None
@@ -384,7 +384,7 @@ class QueueService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _store_trouble(self, exc: StoreUnavailable) -> None:
+    def store_trouble(self, exc: StoreUnavailable) -> None:
         if self.store_down is None:
             log.error("job store unavailable: %s; /run answers 503 until it is back", exc)
         self.store_down = str(exc)
@@ -461,7 +461,7 @@ class QueueService:
             try:
                 await self.sweep()
             except StoreUnavailable as exc:  # one line per outage, not a traceback twice a second
-                self._store_trouble(exc)
+                self.store_trouble(exc)
             except Exception:  # a failing disk must not end the sweeper: log, try again next round
                 log.exception("queue sweep failed")
             else:
