@@ -1,7 +1,9 @@
 """A lean queue worker for bench/queue_jobs.py: the runpod SDK's worker protocol (batch job-take, job-done, ping)
 in a few lines of aiohttp, without the SDK's 0.1 s internal loop, so the figures are lbproxy's own.
 
-Started by lbproxy with the SDK's environment; BENCH_CPUS pins it (the load stays off lbproxy's core).
+Started by lbproxy with the SDK's environment; BENCH_CPUS pins it (the load stays off lbproxy's core). HOST,
+when set, is the address its connections come from (the tests' kubelet gives each pod a loopback IP of its
+own, and lbproxy accepts a pod's requests from that IP only).
 Each job's output is ``{"received": time.monotonic()}`` (CLOCK_MONOTONIC is shared by every process on the
 machine, so the load generator can subtract its own send time).
 """
@@ -36,7 +38,8 @@ async def pings(session: aiohttp.ClientSession) -> None:
 
 
 async def main() -> None:
-    connector = aiohttp.TCPConnector(limit=0)
+    host = os.environ.get("HOST")
+    connector = aiohttp.TCPConnector(limit=0, local_addr=(host, 0) if host else None)
     async with aiohttp.ClientSession(headers=HEADERS, connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=120)) as session:
         ping = asyncio.create_task(pings(session))  # referenced until the worker is stopped

@@ -66,6 +66,11 @@ def risk_warnings(config: Config) -> list[str]:
             f"long before a worker is added (slow scale-up); 2s to 4s is typical"
         )
     warnings += _never_scales(config)
+    q = config.queue
+    if config.type == "queue" and config.backend.type == "kubernetes" and q.delivery == "sdk" \
+            and q.worker_listen.is_loopback():
+        warnings.append(f"queue.worker_listen: {q.worker_listen} is loopback: worker pods in the cluster cannot "
+                        f"reach it (only workers on this host can); listen on 0.0.0.0")
     limit = config.cost.max_per_hour
     floor = _active_rate_per_hour(config)
     if limit is not None and floor > limit:
@@ -154,9 +159,9 @@ def _queue_problems(config: Config) -> list[str]:
     if q.worker_key_secret is None:
         found.append("queue.worker_key_secret: required with type: queue on kubernetes: the Secret holding the "
                      "workers' key (key worker-key; the Helm chart creates it)")
-    if q.worker_listen.is_loopback() or q.worker_listen.port == 0:
-        found.append(f"queue.worker_listen: {q.worker_listen} cannot be reached by worker pods; listen on all "
-                     "interfaces at a fixed port (e.g. 0.0.0.0:8081)")
+    if q.worker_listen.port == 0:
+        found.append(f"queue.worker_listen: {q.worker_listen} picks a port at random, which queue.worker_url cannot "
+                     "name; listen on a fixed port on all interfaces (e.g. 0.0.0.0:8081)")
     return found
 
 

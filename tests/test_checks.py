@@ -213,6 +213,11 @@ def test_queue_endpoints_on_kubernetes_need_a_reachable_worker_api_and_the_worke
                     queue={"worker_url": "http://q-proxy-worker-api:8081", "worker_key_secret": "q-worker-key",
                            "worker_listen": "0.0.0.0:8081"})
     assert backend_problems(served) == []
+    loopback = config(type="queue", backend={"type": "kubernetes"}, worker={"image": "img:1"},
+                      queue={"worker_url": "http://x:8081", "worker_key_secret": "k",
+                             "worker_listen": "127.0.0.1:8081"})
+    assert backend_problems(loopback) == []
+    assert [w for w in risk_warnings(loopback) if w.startswith("queue.worker_listen: 127.0.0.1:8081 is loopback")]
 
 
 def test_queue_settings_for_kubernetes_workers_are_refused_locally() -> None:

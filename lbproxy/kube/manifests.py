@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import Config
+from ..queue.sdk_env import pod_env
 from .placement import node_affinity
 
 ENDPOINT_LABEL = "lbproxy.io/endpoint"
@@ -22,6 +23,7 @@ DRAINING_ANNOTATION = "lbproxy.io/draining"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 TEMPLATE_HASH = "lbproxy.io/template-hash"
 DEFAULT_POOL = "any"
+WORKER_KEY = "worker-key"  # the key of queue.worker_key_secret that worker pods get as RUNPOD_AI_API_KEY
 PRESTOP_SECONDS = 5  # lets every proxy replica see the pod terminating before the worker stops listening
 
 
@@ -81,7 +83,11 @@ def _container(config: Config) -> dict[str, Any]:
         {"name": "LBPROXY_WORKER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "LBPROXY_ENDPOINT", "value": config.name},
     ]
-    env += [{"name": k, "value": v} for k, v in w.env.items()]
+    sdk = config.type == "queue" and config.queue.delivery == "sdk"
+    if sdk:
+        env += _sdk_env(config)
+    else:
+        env += [{"name": k, "value": v} for k, v in w.env.items()]
     ports: list[dict[str, Any]] = [{"name": "http", "containerPort": w.port, "protocol": "TCP"}]
     if health_port != w.port:
         ports.append({"name": "health", "containerPort": health_port, "protocol": "TCP"})
@@ -100,20 +106,33 @@ def _container(config: Config) -> dict[str, Any]:
         **({"args": list(w.args)} if w.args else {}),
         "env": env,
         "ports": ports,
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
+    }
+    if not sdk:  # an SDK worker serves no HTTP: it is ready at its first call to the worker API
         # Readiness only: lbproxy probes /ping itself and replaces workers; a liveness probe would restart a
         # worker that is still loading a model past its period.
-        "readinessProbe": {
+        container["readinessProbe"] = {
             "httpGet": {"path": w.health_path, "port": health_port},
             "periodSeconds": 5,
             "failureThreshold": 2,
-        },
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
-    }
+        }
     if resources:
         container["resources"] = resources
     if config.placement.network_volume:
         container["volumeMounts"] = [{"name": "network-volume", "mountPath": config.backend.volume_mount_path}]
     return container
+
+
+def _sdk_env(config: Config) -> list[dict[str, Any]]:
+    """A queue worker pod's SDK environment: its name from the downward API (RUNPOD_POD_ID, which the URLs use),
+    its key from queue.worker_key_secret (never a plain value in the Deployment), the rest plain."""
+    q = config.queue
+    env: list[dict[str, Any]] = [
+        {"name": "RUNPOD_POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "RUNPOD_AI_API_KEY", "valueFrom": {"secretKeyRef": {"name": q.worker_key_secret, "key": WORKER_KEY}}},
+    ]
+    values = pod_env((q.worker_url or "").rstrip("/"), config.name, q.ping_interval, config.worker.env)
+    return env + [{"name": k, "value": v} for k, v in values.items()]
 
 
 def grace_seconds(config: Config) -> int:

@@ -10,18 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ..admin import Admin
-from ..backends.base import StartFailed, WorkerAddress
+from ..backends.base import Backend, StartFailed, WorkerAddress
 from ..backends.local import LocalBackend
 from ..checks import notices
 from ..config import Config
 from ..controller import Controller, Prober
 from ..health import HealthProber
+from ..leadership import lead
 from ..metrics import Metrics
 from ..policy import WorkerState
 from ..pool import WorkerPool
@@ -34,6 +36,8 @@ from .stores import described, store_for
 from .worker_api import WorkerApi
 
 log = logging.getLogger("lbproxy")
+
+WORKER_KEY_ENV = "LBPROXY_WORKER_KEY"  # Kubernetes: the worker pods' key (queue.worker_key_secret)
 
 
 class QueueAdmin(Admin):
@@ -118,7 +122,8 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
     store = store_for(config, environ)
     where = described(config, environ)
     stopping_tasks: set[asyncio.Task[bool]] = set()
-    backend: LocalBackend | None = None
+    backend: Backend | None = None
+    kube = config.backend.type == "kubernetes"
 
     def retire(worker_id: str, why: str) -> None:
         w = pool.get(worker_id)
@@ -130,6 +135,14 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         task.add_done_callback(stopping_tasks.discard)
 
     service = QueueService(config, store, pool, retire)
+    if kube:  # worker pods share one key (a Secret) and are told apart by their pod IP (README)
+        service.pod_key = (environ if environ is not None else os.environ).get(WORKER_KEY_ENV, "").encode() or None
+        if service.pod_key is None and q.delivery == "sdk":
+            log.error("%s is not set: worker pods could not authenticate (the Helm chart sets it from "
+                      "queue.worker_key_secret)", WORKER_KEY_ENV)
+            for sock in (listen_sock, admin_sock, worker_sock):
+                sock.close()
+            return 2
     sdk = q.delivery == "sdk"
     prober: Prober | HealthProber = service if sdk else HealthProber(pool, config.worker.health_path)
     controller = Controller(scaling_settings(config), pool, prober, metrics, snapshot=service.snapshot)
@@ -153,8 +166,18 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         return worker_env(reach, config.name, worker_id, session.secret.decode(), q.ping_interval, config.worker.env)
 
     try:
-        backend = LocalBackend(config, events, environ, worker_env=env_for)
-        await backend.clean_up_leftovers()  # workers a crashed lbproxy of this endpoint left running
+        if kube:
+            from ..backends.kubernetes import KubernetesBackend  # the kubernetes extra
+
+            backend = kube_backend = KubernetesBackend(config, events)
+            try:
+                await kube_backend.open()
+            except BaseException:
+                await kube_backend.close()
+                raise
+        else:
+            backend = local = LocalBackend(config, events, environ, worker_env=env_for)
+            await local.clean_up_leftovers()  # workers a crashed lbproxy of this endpoint left running
     except StartFailed as exc:
         log.error("cannot start: %s", exc)
         await worker_runner.cleanup()
@@ -169,7 +192,8 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         delivery = HttpDelivery(config, service, pool)
         await delivery.start()
     config_notices = notices(config)
-    for notice in [*config_notices, *backend.notices]:
+    backend_notices: list[str] = getattr(backend, "notices", [])
+    for notice in [*config_notices, *backend_notices]:
         log.warning("%s", notice)
     client = ClientApi(config, service)
     if not client.keys.enabled:
@@ -187,14 +211,18 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     role = None
-    if store.shared:  # local replicas on one queue: the advisory lock's holder scales (queue.leader)
+    release: Callable[[], Awaitable[None]] | None = None
+    if kube and config.backend.leader_election:  # the Lease holder scales, counting every replica's load
+        control, release = lead(config, kube_backend, controller, environ or os.environ)
+    elif store.shared and not kube:  # local replicas on one queue: the advisory lock's holder scales
         from .leader import ReplicaRole
         from .postgres import PostgresJobStore
 
         assert isinstance(store, PostgresJobStore)
         role = ReplicaRole(store, controller, pool, lambda: scaling_settings(config))
         await role.step()  # the controller's first decision already knows this replica's role
-    control = asyncio.create_task(controller.run(backend), name="controller")
+    if release is None:
+        control = asyncio.create_task(controller.run(backend), name="controller")
     stopping = asyncio.create_task(stop.wait())
     roots = {control, stopping, *([service.sweeper] if service.sweeper else [])}
     if role is not None:
@@ -224,6 +252,9 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
             if task is not service.sweeper:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if release is not None:
+            with contextlib.suppress(Exception):
+                await release()
         await client_runner.cleanup()
         if delivery is not None:
             await delivery.close()

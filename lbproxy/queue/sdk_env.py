@@ -17,21 +17,38 @@ def worker_env(base: str, endpoint: str, worker_id: str, secret: str, ping_inter
                overrides: Mapping[str, str]) -> dict[str, str]:
     """``base`` is the worker API's URL (``http://127.0.0.1:PORT``); ``overrides`` is ``worker.env``, which
     wins over everything but the URLs and the secret (a worker must not reach another worker's jobs)."""
+    return {**_settings(endpoint, ping_interval, overrides), **webhook_urls(base, endpoint, quote(worker_id)),
+            "RUNPOD_POD_ID": worker_id, "RUNPOD_AI_API_KEY": secret}
+
+
+POD_ID_REF = "$(RUNPOD_POD_ID)"  # Kubernetes expands it in later env values (the pod's own name)
+
+
+def pod_env(base: str, endpoint: str, ping_interval: float, overrides: Mapping[str, str]) -> dict[str, str]:
+    """The plain values of a worker pod's SDK environment: every pod of a Deployment gets the same, so the URLs
+    name the worker as ``$(RUNPOD_POD_ID)``, which Kubernetes replaces with the pod's name (RUNPOD_POD_ID comes
+    from the downward API, RUNPOD_AI_API_KEY from a Secret: neither is a plain value here)."""
+    return {**_settings(endpoint, ping_interval, overrides), **webhook_urls(base, endpoint, POD_ID_REF)}
+
+
+def webhook_urls(base: str, endpoint: str, worker: str) -> dict[str, str]:
+    """The SDK's URL templates with the worker written in (``$ID`` is left for the job id)."""
     prefix = f"{base}/v2/{quote(endpoint)}"
-    wid = quote(worker_id)
-    env = {
+    return {
+        "RUNPOD_WEBHOOK_GET_JOB": f"{prefix}/job-take/{worker}?",
+        "RUNPOD_WEBHOOK_POST_OUTPUT": f"{prefix}/job-done/{worker}/$ID?",
+        "RUNPOD_WEBHOOK_POST_STREAM": f"{prefix}/job-stream/{worker}/$ID?",
+        "RUNPOD_WEBHOOK_PING": f"{prefix}/ping/{worker}",
+    }
+
+
+def _settings(endpoint: str, ping_interval: float, overrides: Mapping[str, str]) -> dict[str, str]:
+    return {
         # The SDK's fitness check opens a TCP connection to 8.8.8.8:53 and exits when it fails: never wanted
         # in an air-gapped cluster or a test. A user can turn it back on through worker.env.
         SKIP_CHECKS: "true",
         "RUNPOD_ENDPOINT_ID": endpoint,
         **overrides,
-        "RUNPOD_WEBHOOK_GET_JOB": f"{prefix}/job-take/{wid}?",
-        "RUNPOD_WEBHOOK_POST_OUTPUT": f"{prefix}/job-done/{wid}/$ID?",
-        "RUNPOD_WEBHOOK_POST_STREAM": f"{prefix}/job-stream/{wid}/$ID?",
-        "RUNPOD_WEBHOOK_PING": f"{prefix}/ping/{wid}",
-        "RUNPOD_POD_ID": worker_id,
-        "RUNPOD_AI_API_KEY": secret,
         # Milliseconds, integer-divided by 1000 by the SDK: under 1000 it pings in a hot loop.
         "RUNPOD_PING_INTERVAL": str(max(1, round(ping_interval)) * 1000),
     }
-    return env

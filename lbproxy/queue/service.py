@@ -78,6 +78,9 @@ class QueueService:
         self.stop_grace = q.stop_grace
         self.per_worker = config.workers.concurrency  # 0: as many as the worker asks for
         self.sessions: dict[str, WorkerSession] = {}
+        # Kubernetes: the key every worker pod has (one Secret for a Deployment's identical pods); a pod is
+        # told apart by its IP, which the pod watch knows (pod_session).
+        self.pod_key: bytes | None = None
         self.webhooks = Webhooks(q.webhook_retries, q.webhook_retry_delay)
         self._work = asyncio.Event()  # replaced whole after each set: waiters hold the one they saw
         self._added = 0  # jobs made available (added, requeued, retried): lost-wakeup guard for polls
@@ -207,6 +210,19 @@ class QueueService:
     def session_for(self, worker_id: str) -> WorkerSession:
         """A new worker's session (its secret goes into its environment before it starts)."""
         session = self.sessions[worker_id] = WorkerSession(worker_id, created=self.clock())
+        return session
+
+    async def pod_session(self, worker_id: str, remote: str | None) -> WorkerSession | None:
+        """The session of worker pod ``worker_id`` when ``remote`` is its pod IP; made at its first request
+        to this replica (any replica may serve any pod), with the jobs the store says it holds."""
+        w = self.pool.get(worker_id)
+        if self.pod_key is None or w is None or not w.host or w.host != remote:
+            return None
+        session = self.sessions.get(worker_id)
+        if session is None:
+            session = self.sessions[worker_id] = WorkerSession(worker_id, secret=self.pod_key, created=self.clock())
+            with contextlib.suppress(StoreUnavailable):
+                session.held.update(await self.store.held_by(worker_id))
         return session
 
     def watch(self, w: Worker) -> None:

@@ -2,7 +2,9 @@
 ``queue.worker_listen``, apart from the client API so clients never reach them.
 
 Each route names its worker (``/job-take/{worker}``) and must carry that worker's own secret (the SDK sends
-RUNPOD_AI_API_KEY raw as ``Authorization``), so a worker can take and report only its own jobs. The job id
+RUNPOD_AI_API_KEY raw as ``Authorization``), so a worker can take and report only its own jobs. On Kubernetes
+the pods of a Deployment are identical, so they share one key from a Secret, and a request is accepted only
+from the pod IP of the worker it names (the pod watch knows every pod's IP). The job id
 comes from the path only: the SDK leaks ``X-Request-ID`` of one job into its other requests.
 """
 
@@ -50,7 +52,11 @@ class WorkerApi:
         return app
 
     async def _session(self, request: web.Request) -> WorkerSession | web.Response:
-        session = self.service.sessions.get(request.match_info["worker"])
+        worker_id = request.match_info["worker"]
+        if self.service.pod_key is None:
+            session = self.service.sessions.get(worker_id)
+        else:  # Kubernetes: the pods' shared key, and only from the IP of the pod the path names
+            session = await self.service.pod_session(worker_id, request.remote)
         if request.match_info["endpoint"] == self.name and session is not None and \
                 session.allows(request.headers.get("Authorization")):
             return session

@@ -6,7 +6,7 @@ here, which write the same objects, bump the same resourceVersion and feed the s
 connections are refused, open watches have been reset and the controllers do not run).
 
 Modelled, each as the real API server documents it:
-- core/v1 pods, services, configmaps, persistentvolumeclaims, events, namespaces, nodes, persistentvolumes;
+- core/v1 pods, services, configmaps, secrets, persistentvolumeclaims, events, namespaces, nodes, persistentvolumes;
   apps/v1 deployments (+ ``/scale``) and replicasets (read-only); coordination.k8s.io/v1 leases. Discovery
   (``/api``, ``/apis``, ``/version``) for clients that ask; the typed ``kubernetes.aio`` client never does.
 - create (uid, creationTimestamp, generation, generateName, 409 AlreadyExists, 404 for a missing namespace),

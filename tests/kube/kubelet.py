@@ -3,14 +3,18 @@
 Each pod gets its own loopback address (127.0.0.N), where a real echo worker listens on the pod's container
 port, and the pod is marked Running with that IP. Pods of a "full" GPU pool are left Pending/Unschedulable.
 A deleted pod's worker gets SIGTERM, and the pod is removed once the worker exited (graceful termination).
+The container's env is resolved as the kubelet does: plain values, the downward API's ``metadata.name``,
+``secretKeyRef`` from the emulator's Secrets, and ``$(VAR)`` references to variables defined before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,10 +27,12 @@ _ips = itertools.count(10)
 
 
 class Kubelet:
-    def __init__(self, emulator: Any, namespace: str = "default", env: dict[str, str] | None = None) -> None:
+    def __init__(self, emulator: Any, namespace: str = "default", env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
         self.emulator = emulator
         self.namespace = namespace
         self.env = env or {}
+        self.command = command or [sys.executable, str(ECHO)]  # what every pod's container runs
         self.full_pools: set[str] = set()  # lbproxy.io/pool values whose pods cannot be scheduled
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.ips: dict[str, str] = {}
@@ -54,6 +60,23 @@ class Kubelet:
                 await self._sync(pod)
             await asyncio.sleep(0.02)
 
+    def _env(self, entries: list[dict[str, Any]], pod_name: str) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for e in entries:
+            if "value" in e:  # $(VAR) expands variables defined earlier; $$ is a literal $; others stay
+                env[e["name"]] = re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                                        lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), e["value"])
+                continue
+            source = e.get("valueFrom", {})
+            if source.get("fieldRef", {}).get("fieldPath") == "metadata.name":
+                env[e["name"]] = pod_name
+            elif "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                secret = self.emulator.get("secrets", self.namespace, ref["name"])
+                assert secret is not None, f"pod {pod_name}: no Secret {ref['name']} (a kubelet would not start it)"
+                env[e["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+        return env
+
     async def _sync(self, pod: dict[str, Any]) -> None:
         meta, status = pod["metadata"], pod.get("status") or {}
         name = meta["name"]
@@ -75,13 +98,13 @@ class Kubelet:
                 self.emulator.set_pod_unschedulable(self.namespace, name, "0/3 nodes have a free nvidia.com/gpu")
             return
         container = pod["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+        env = self._env(container.get("env", []), name)
         ip = self.ips.setdefault(name, f"127.0.0.{next(_ips)}")
         proc_env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "LBPROXY_"))}
         proc_env.update(env)
         proc_env.update(self.env)
         proc_env.update({"HOST": ip, "LBPROXY_WORKER_ID": name})
-        self.workers[name] = subprocess.Popen([sys.executable, str(ECHO)], env=proc_env, start_new_session=True,
+        self.workers[name] = subprocess.Popen(self.command, env=proc_env, start_new_session=True,
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.started.append(name)
         node = f"node-{pool or 'any'}"

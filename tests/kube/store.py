@@ -46,6 +46,7 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("pods", "Pod", status_subresource=True, generation=True, graceful=True, short_names=("po",)),
     ResourceType("services", "Service", status_subresource=True, short_names=("svc",)),
     ResourceType("configmaps", "ConfigMap", short_names=("cm",)),
+    ResourceType("secrets", "Secret"),
     ResourceType("persistentvolumeclaims", "PersistentVolumeClaim", status_subresource=True, short_names=("pvc",)),
     ResourceType("events", "Event", create_on_update=True, short_names=("ev",)),
     ResourceType("nodes", "Node", namespaced=False, status_subresource=True, short_names=("no",)),
