@@ -91,18 +91,19 @@ async def test_a_request_failure_wakes_the_prober_at_once():
     pool = WorkerPool(0, 10, 5.0)
     prober = HealthProber(pool, "/ping")
     await prober.start()
+    ready = asyncio.Event()
+    pool.on_state_change(lambda w, old: ready.set() if w.state is WorkerState.READY else None)
     try:
         w = pool.add("w1", "127.0.0.1", port, port)
         prober.watch(w)
         async with asyncio.timeout(10):
-            while w.state is not WorkerState.READY:
-                await asyncio.sleep(0.01)
+            await ready.wait()
+        ready.clear()
         seen = len(probes)  # the prober now waits READY_INTERVAL before its next probe
         failed_at = asyncio.get_running_loop().time()
         pool.set_state(w, WorkerState.UNHEALTHY, "failed a request")
         async with asyncio.timeout(10):
-            while w.state is not WorkerState.READY:
-                await asyncio.sleep(0.005)
+            await ready.wait()
         assert len(probes) == seen + 1
         assert probes[-1] - failed_at < READY_INTERVAL / 2, "probed at the next interval, not at once"
     finally:
