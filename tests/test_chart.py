@@ -319,7 +319,8 @@ def test_schema_names_exactly_the_config_models_settings():
     model = config_keys(Config)
     in_schema = schema_keys(schema, schema) - {"global"}
     in_schema = {k for k in in_schema if not k.startswith("proxy")}
-    chart_owned = {"backend.kubeconfig", "backend.proxy_selector"}  # set by the chart, refused in values
+    chart_owned = set(json.loads((CHART / "values.chart.json").read_text())["omit"])  # the chart sets them
+    assert chart_owned >= {"backend.kubeconfig", "backend.proxy_selector", "queue.worker_url"}
 
     def in_a_settings_model(key: str) -> bool:  # not a field of a mapping value such as worker_resources
         parent = model.get(key.rpartition(".")[0])
@@ -368,8 +369,8 @@ def test_values_yaml_shows_every_chart_key_and_each_default_is_lbproxys():
     """Uncommenting every line of values.yaml's lbproxy part installs, and gives lbproxy its own defaults."""
     written = uncommented_values()
     schema = json.loads((CHART / "values.schema.json").read_text())
-    cluster_keys = {s.key for s in settings(Config) if s.backend != "local" and s.key not in ("backend.kubeconfig",
-                                                                                              "backend.proxy_selector")}
+    omitted = set(json.loads((CHART / "values.chart.json").read_text())["omit"])
+    cluster_keys = {s.key for s in settings(Config) if s.backend != "local" and s.key not in omitted}
     assert dotted(written) == {k for k in cluster_keys if "." not in k or k.rpartition(".")[0] in cluster_keys}
     docs = [d for d in yaml.safe_load_all(install_dry_run(written)["manifest"]) if d]
     config = parse_config(rendered_config(docs), environ={})
@@ -411,7 +412,9 @@ BAD_VALUES = [
     ({"worker": {"env": {"1BAD": "x"}}}, "invalid propertyName '1BAD'"),
     ({"workerz": {"max": 3}}, "workerz"),
     ({"name": "My_Endpoint"}, "/name"),
-    ({"type": "queue"}, "/type"),
+    ({"type": "batch"}, "/type"),
+    ({"queue": {"worker_url": "http://x:1"}}, "/queue"),
+    ({"proxy": {"queue": {"workerApiPort": 0}}}, "/proxy/queue/workerApiPort"),
     ({"backend": {"type": "local"}}, "/backend/type"),
     ({"backend": {"proxy_selector": "app=x"}}, "/backend"),
     ({"backend": {"tolerations": [{"key": "x", "operator": "Maybe"}]}}, "/backend/tolerations/0/operator"),
@@ -446,9 +449,11 @@ def test_helm_install_rejects_bad_values_before_creating_anything(bad, where):
     assert where in message, message
 
 
-@pytest.mark.parametrize("bad, where", [b for b in BAD_VALUES if not b[1].startswith(("/proxy", "/backend/type",
-                                                                                        "/type", "/backend"))],
-                         ids=[w for _, w in BAD_VALUES if not w.startswith(("/proxy", "/backend", "/type"))])
+CHART_ONLY_PATHS = ("/proxy", "/backend", "/queue")  # refused by the chart's schema alone
+
+
+@pytest.mark.parametrize("bad, where", [b for b in BAD_VALUES if not b[1].startswith(CHART_ONLY_PATHS)],
+                         ids=[w for _, w in BAD_VALUES if not w.startswith(CHART_ONLY_PATHS)])
 def test_what_the_schema_rejects_lbproxy_rejects_too(bad, where):
     """The schema is no stricter than the config model on lbproxy's own keys (it only refuses earlier)."""
     config = merged({"name": "x", "worker": {"image": "i"}, "backend": {"type": "kubernetes"}}, bad)

@@ -143,6 +143,27 @@ app.kubernetes.io/part-of: lbproxy
 {{- end -}}
 {{- end -}}
 
+{{/* Queue endpoints: "true" when type is queue; the SQLite store (not PostgreSQL) when "sqlite" is "true". */}}
+{{- define "lbproxy.isQueue" -}}
+{{- if eq (toString .Values.type) "queue" }}true{{ end -}}
+{{- end -}}
+
+{{- define "lbproxy.queueSqlite" -}}
+{{- $queue := .Values.queue | default dict -}}
+{{- $store := toString (default "" $queue.store) -}}
+{{- if and (include "lbproxy.isQueue" .) (not .Values.proxy.queue.storeSecret.name) (not (regexMatch "^postgres(ql)?:" $store)) }}true{{ end -}}
+{{- end -}}
+
+{{/* SDK workers pull jobs from the worker API (queue.delivery: http pushes them instead). */}}
+{{- define "lbproxy.queueWorkerApi" -}}
+{{- $queue := .Values.queue | default dict -}}
+{{- if and (include "lbproxy.isQueue" .) (ne (toString (default "sdk" $queue.delivery)) "http") }}true{{ end -}}
+{{- end -}}
+
+{{- define "lbproxy.workerApiUrl" -}}
+{{- printf "http://%s.%s.svc:%d" (include "lbproxy.suffixed" (list . "worker-api")) .Release.Namespace (int .Values.proxy.queue.workerApiPort) -}}
+{{- end -}}
+
 {{/* Who holds LBPROXY_API_KEYS: an existing Secret, or the chart's own (from auth.api_keys or generated). */}}
 {{- define "lbproxy.apiKeysSecretName" -}}
 {{- default (include "lbproxy.suffixed" (list . "api-keys")) .Values.proxy.apiKeys.existingSecret -}}
@@ -183,6 +204,13 @@ keys stay out of it (they reach the proxy as LBPROXY_API_KEYS from a Secret).
 {{- $_ := set $backend "type" "kubernetes" -}}
 {{- $_ := set $backend "proxy_selector" (include "lbproxy.proxySelector" .) -}}
 {{- $_ := set $config "backend" $backend -}}
+{{- if include "lbproxy.queueWorkerApi" . -}}
+{{- $queue := $config.queue | default dict -}}
+{{- $_ := set $queue "worker_listen" (printf "0.0.0.0:%d" (int .Values.proxy.queue.workerApiPort)) -}}
+{{- $_ := set $queue "worker_url" (include "lbproxy.workerApiUrl" .) -}}
+{{- $_ := set $queue "worker_key_secret" (include "lbproxy.suffixed" (list . "worker-key")) -}}
+{{- $_ := set $config "queue" $queue -}}
+{{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
 
@@ -206,6 +234,13 @@ keys stay out of it (they reach the proxy as LBPROXY_API_KEYS from a Secret).
 {{- $fullname := include "lbproxy.fullname" . -}}
 {{- if or (has $fullname (include "lbproxy.workerDeployments" . | fromJsonArray)) (eq $fullname (printf "%s-workers" $endpoint)) -}}
 {{- fail (printf "proxy.fullnameOverride: %q is the name of one of endpoint %s's worker Deployments or Services; choose another" $fullname $endpoint) -}}
+{{- end -}}
+{{- if and (include "lbproxy.queueSqlite" .) (gt (int .Values.proxy.replicas) 1) -}}
+{{- fail (printf "queue.store: SQLite keeps the queue in one proxy's volume, so it cannot serve proxy.replicas: %d; set proxy.replicas: 1, or give a postgresql:// store (proxy.queue.storeSecret) that every replica shares" (int .Values.proxy.replicas)) -}}
+{{- end -}}
+{{- $queue := .Values.queue | default dict -}}
+{{- if and (include "lbproxy.isQueue" .) (regexMatch "^postgres(ql)?://[^/@]*:[^/@]*@" (toString (default "" $queue.store))) -}}
+{{- fail "queue.store: holds a password, which would land in the ConfigMap; put the URL in a Secret and name it in proxy.queue.storeSecret" -}}
 {{- end -}}
 {{- if and .Values.proxy.apiKeys.existingSecret (include "lbproxy.apiKeysFromValues" .) -}}
 {{- fail "auth.api_keys and proxy.apiKeys.existingSecret are both set; keep the keys in one place" -}}
