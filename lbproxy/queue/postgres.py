@@ -11,7 +11,10 @@
   name the host, never the URL (it may hold a password).
 
 Durability: a commit returns once PostgreSQL has flushed it (``synchronous_commit`` on, its default), so a
-job is on disk before ``/run`` answers. Times are the service's wall clock, as with SQLite: replicas on
+job is on disk before ``/run`` answers, and so is a result. Claims, lease renewals, progress and stream chunks
+commit without waiting for the disk (``_db(lazy=True)``: ``synchronous_commit`` off), as the SQLite store does them: a database crash can
+undo only the last fraction of a second of them, which puts a claimed job back in the queue (it runs again:
+at least once), and it takes one fsync off the way from a commit to a waiting worker. Times are the service's wall clock, as with SQLite: replicas on
 several hosts need their clocks in sync (NTP) to well within ``queue.lease``.
 """
 
@@ -39,6 +42,7 @@ log = logging.getLogger("lbproxy.queue.postgres")
 
 SWEEP_BATCH = 1000  # rows one sweep step changes: keeps every transaction short
 POOL_SIZE = 10
+LAZY_POOL_SIZE = 4  # connections for claims, renewals and chunks (synchronous_commit off): short statements
 CONNECT_TIMEOUT = 5.0  # a database that is down answers /run with 503 within this, not after a minute
 COMMAND_TIMEOUT = 30.0
 MAX_PAYLOAD = 7900  # pg_notify's limit is 8000 bytes
@@ -96,6 +100,7 @@ class PostgresJobStore:
         self.replica = secrets.token_hex(6)  # tags this process's notifications, so it can skip its own
         self.channel = channel_for(endpoint)
         self.pool: Any = None
+        self.lazy_pool: Any = None  # the same database, commits not waiting for the disk (``_db(lazy=True)``)
         self.session: Session | None = None
         self._events: StoreEvents | None = None
         self.migrated: list[int] = []  # versions open() applied
@@ -122,6 +127,10 @@ class PostgresJobStore:
                 # the database is away; connections are made as requests need them.
                 self.url, min_size=0, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT,
                 max_inactive_connection_lifetime=60.0)
+            self.lazy_pool = await asyncpg.create_pool(
+                self.url, min_size=0, max_size=LAZY_POOL_SIZE, timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT, max_inactive_connection_lifetime=60.0,
+                server_settings={"synchronous_commit": "off"})
             async with self.pool.acquire() as conn:
                 if self.auto_migrate:
                     self.migrated = await pg_schema.migrate(conn)
@@ -145,24 +154,28 @@ class PostgresJobStore:
         if self.session is not None:
             await self.session.close()
             self.session = None
-        if self.pool is not None:
-            pool, self.pool = self.pool, None
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await pool.close()
-            pool.terminate()
+        for pool in (self.pool, self.lazy_pool):
+            if pool is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await pool.close()
+                pool.terminate()
+        self.pool = self.lazy_pool = None
 
     def _reason(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
         return f"PostgreSQL at {self.host} is unreachable: {text}"
 
     @contextlib.asynccontextmanager
-    async def _db(self) -> AsyncIterator[Any]:
-        """A pooled connection; a database that is away raises StoreUnavailable."""
-        if self.pool is None:
+    async def _db(self, lazy: bool = False) -> AsyncIterator[Any]:
+        """A pooled connection; a database that is away raises StoreUnavailable. ``lazy``: one of a pool whose
+        commits do not wait for the disk (see the module's "Durability"; a pool of its own, because a
+        ``SET LOCAL`` per statement would cost three more round trips than the fsync it saves)."""
+        pool = self.lazy_pool if lazy else self.pool
+        if pool is None:
             raise StoreUnavailable("the job store is closed")
         try:
-            async with self.pool.acquire() as conn:
+            async with pool.acquire() as conn:
                 yield conn
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(self._reason(exc)) from None
@@ -239,7 +252,7 @@ class PostgresJobStore:
         return _job(row) if row is not None else None
 
     async def claim(self, worker_id: str, n: int, now: float, lease: float) -> list[Job]:
-        async with self._db() as conn:
+        async with self._db(lazy=True) as conn:
             # deadline_at = started + execution_timeout, NULL without one: jobs.deadline's rule, in SQL so that
             # the claim stays one statement.
             rows = await conn.fetch(
@@ -254,14 +267,14 @@ class PostgresJobStore:
     async def renew(self, worker_id: str, job_ids: list[str], until: float) -> int:
         if not job_ids:
             return 0
-        async with self._db() as conn:
+        async with self._db(lazy=True) as conn:
             status = await conn.execute(
                 "UPDATE lbproxy_jobs SET lease_until = greatest(lease_until, $3) WHERE id = ANY($2::text[])"
                 " AND worker_id = $1 AND state = 'IN_PROGRESS'", worker_id, job_ids, until)
         return _count(status)
 
     async def progress(self, job_id: str, worker_id: str, output: str | None) -> bool:
-        async with self._db() as conn:
+        async with self._db(lazy=True) as conn:
             status = await conn.execute(
                 "UPDATE lbproxy_jobs SET output = $3 WHERE id = $1 AND worker_id = $2 AND state = 'IN_PROGRESS'",
                 job_id, worker_id, output)
@@ -299,7 +312,7 @@ class PostgresJobStore:
         return job
 
     async def add_chunk(self, job_id: str, worker_id: str, chunk: str) -> bool:
-        async with self._db() as conn:
+        async with self._db(lazy=True) as conn:
             added = await conn.fetchval(
                 "WITH j AS (UPDATE lbproxy_jobs SET chunk_seq = chunk_seq + 1 WHERE id = $1 AND worker_id = $2"
                 " AND state = 'IN_PROGRESS' RETURNING chunk_seq)"
@@ -308,7 +321,7 @@ class PostgresJobStore:
         return added is not None
 
     async def take_chunks(self, job_id: str) -> tuple[Job, list[str]] | None:
-        async with self._db() as conn:
+        async with self._db(lazy=True) as conn:
             # The job first: a chunk added after its state was read is returned next time, with the state that
             # follows it; the other order could answer a final state with its last chunks still unread.
             row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM lbproxy_jobs WHERE id = $1 AND endpoint = $2",
