@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,32 +44,43 @@ def free_port() -> int:
 
 
 class Endpoint:
-    def __init__(self, kind: str, workers: int, batch: int, data: Path, cpus: tuple[str, str]) -> None:
+    """One ``lbproxy serve`` of a queue endpoint pinned to ``cpus[0]``, its workers to ``cpus[1]``. ``store``:
+    a ``queue.store`` URL (default: a SQLite file in ``data``); ``tag`` names its files (several replicas of
+    one endpoint share ``name``); ``active``/``maximum`` default to ``workers``."""
+
+    def __init__(self, kind: str, workers: int, batch: int, data: Path, cpus: tuple[str, str], *,
+                 store: str | None = None, name: str | None = None, tag: str | None = None,
+                 active: int | None = None, maximum: int | None = None) -> None:
         self.port, self.admin = free_port(), free_port()
         if kind == "lean":
             command = [sys.executable, str(ROOT / "bench" / "queue_worker.py")]
         else:
             command = [str(SDK_PYTHON), str(ROOT / "bench" / "queue_sdk_handler.py")]
+        name = name or f"bench-{kind}"
+        tag = tag or name
+        active = workers if active is None else active
         self.cfg = {
-            "name": f"bench-{kind}", "type": "queue", "listen": f"127.0.0.1:{self.port}",
-            "admin": f"127.0.0.1:{self.admin}", "workers": {"active": workers, "max": workers},
+            "name": name, "type": "queue", "listen": f"127.0.0.1:{self.port}",
+            "admin": f"127.0.0.1:{self.admin}",
+            "workers": {"active": active, "max": max(1, workers if maximum is None else maximum)},
             "timeouts": {"idle": "1h", "execution": "60s"},
-            "queue": {"store": f"sqlite:///{data}/bench-{kind}.db", "take_hold": "20s"},
+            "queue": {"store": store or f"sqlite:///{data}/{tag}.db", "take_hold": "20s"},
             "worker": {"command": command, "env": {"BENCH_CPUS": cpus[1], "BENCH_BATCH": str(batch),
                                                    "RUNPOD_LOG_LEVEL": "ERROR"}},
         }
-        path = data / f"bench-{kind}.yaml"
+        path = data / f"{tag}.yaml"
         path.write_text(yaml.safe_dump(self.cfg))
         env = {k: v for k, v in os.environ.items() if not k.startswith("LBPROXY_")}
-        env["LBPROXY_DATA_DIR"] = str(data)
-        self.log = (data / f"bench-{kind}.log").open("wb")
+        (data / tag).mkdir(exist_ok=True)  # replicas of one endpoint keep their worker records apart
+        env["LBPROXY_DATA_DIR"] = str(data / tag)
+        self.log = (data / f"{tag}.log").open("wb")
         lb_cpu = {int(cpus[0])}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lbproxy", "serve", str(path), "--log-level", "warning"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True,
             preexec_fn=lambda: os.sched_setaffinity(0, lb_cpu))
         self.base = f"http://127.0.0.1:{self.port}/v2/{self.cfg['name']}"
-        self.workers = workers
+        self.workers = active
 
     async def wait_ready(self, session: aiohttp.ClientSession) -> None:
         deadline = time.monotonic() + 60
@@ -102,36 +114,47 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def throughput(ep: Endpoint, session: aiohttp.ClientSession, jobs: int, submitters: int) -> dict[str, Any]:
+async def throughput(eps: Endpoint | list[Endpoint], session: aiohttp.ClientSession, jobs: int, submitters: int,
+                     other_cpu: Callable[[], float] | None = None) -> dict[str, Any]:
+    """``jobs`` /run calls from ``submitters`` clients, spread over the replicas ``eps`` in turn, until every job
+    is COMPLETED (counted by the first replica's /health: one shared store). ``other_cpu``: the CPU seconds of
+    another part to report (the database server)."""
+    eps = eps if isinstance(eps, list) else [eps]
     left = jobs
-    cpu = cpu_seconds(ep.proc.pid)
+    cpu = sum(cpu_seconds(ep.proc.pid) for ep in eps)
+    other = other_cpu() if other_cpu else 0.0
     started = time.monotonic()
 
-    async def submit() -> None:
+    async def submit(k: int) -> None:
         nonlocal left
+        base = eps[k % len(eps)].base
         while left > 0:
             left -= 1
-            async with session.post(f"{ep.base}/run", data=b'{"input": {"n": 1}}') as r:
+            async with session.post(f"{base}/run", data=b'{"input": {"n": 1}}') as r:
                 assert r.status == 200, await r.text()
                 await r.read()
 
-    await asyncio.gather(*(submit() for _ in range(submitters)))
+    await asyncio.gather(*(submit(k) for k in range(submitters)))
     submitted = time.monotonic()
     while True:
-        async with session.get(f"{ep.base}/health") as r:
+        async with session.get(f"{eps[0].base}/health") as r:
             done = (await r.json())["jobs"]["completed"]
         if done >= jobs:
             break
         await asyncio.sleep(0.05)
     finished = time.monotonic()
-    used = cpu_seconds(ep.proc.pid) - cpu
-    return {"jobs": jobs, "seconds": finished - started, "jobs_per_s": jobs / (finished - started),
-            "submitted_per_s": jobs / (submitted - started), "lbproxy_cpu_seconds": used,
-            "jobs_per_cpu_second": jobs / used if used else 0.0}
+    used = sum(cpu_seconds(ep.proc.pid) for ep in eps) - cpu
+    out = {"jobs": jobs, "seconds": finished - started, "jobs_per_s": jobs / (finished - started),
+           "submitted_per_s": jobs / (submitted - started), "lbproxy_cpu_seconds": used,
+           "jobs_per_cpu_second": jobs / used if used else 0.0}
+    if other_cpu:
+        out["other_cpu_seconds"] = other_cpu() - other
+    return out
 
 
 async def dispatch(ep: Endpoint, session: aiohttp.ClientSession, samples: int) -> dict[str, Any]:
-    """Sequential jobs to idle, long-polling workers: /run sent -> the handler started."""
+    """Sequential jobs to idle, long-polling workers: /run sent -> the handler started (on a worker of any
+    replica: with a shared store, ``ep`` may have none of its own)."""
     lat = []
     for _ in range(samples):
         await asyncio.sleep(0.02)  # the worker is back in its long poll, idle
@@ -162,23 +185,33 @@ async def scenario(kind: str, args: argparse.Namespace, data: Path) -> dict[str,
         ep.stop()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=20000)
-    parser.add_argument("--workers", type=int, default=4)
+def load_arguments(parser: argparse.ArgumentParser, jobs: int, workers_help: str) -> None:
+    """The options both queue benchmarks take (this one and queue_replicas.py)."""
+    parser.add_argument("--jobs", type=int, default=jobs)
+    parser.add_argument("--workers", type=int, default=4, help=workers_help)
     parser.add_argument("--batch", type=int, default=32, help="jobs per batch take (and SDK concurrency)")
     parser.add_argument("--submitters", type=int, default=64, help="concurrent /run clients")
     parser.add_argument("--samples", type=int, default=200, help="dispatch latency samples")
     parser.add_argument("--cpus", type=int, nargs=2, default=None, help="lbproxy's core, then the load's core")
-    parser.add_argument("--no-sdk", action="store_true", help="skip the runpod SDK worker")
-    parser.add_argument("--sdk-throughput", action="store_true", help="also measure jobs/s with SDK workers")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few jobs and samples")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+
+
+def settle(args: argparse.Namespace, quick_jobs: int, quick_samples: int) -> None:
+    """``--quick`` sizes, and the two cores (lbproxy's, the load's) when not given."""
     if args.quick:
-        args.jobs, args.samples, args.workers = 500, 20, 2
+        args.jobs, args.samples, args.workers = quick_jobs, quick_samples, 2
     cpus = sorted(os.sched_getaffinity(0))
     args.cpus = args.cpus or ([cpus[0], cpus[1]] if len(cpus) > 1 else [cpus[0], cpus[0]])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    load_arguments(parser, 20000, "lean or SDK workers")
+    parser.add_argument("--no-sdk", action="store_true", help="skip the runpod SDK worker")
+    parser.add_argument("--sdk-throughput", action="store_true", help="also measure jobs/s with SDK workers")
+    args = parser.parse_args()
+    settle(args, 500, 20)
     data = Path(tempfile.mkdtemp(prefix="bench-queue-", dir=ROOT / ".cache" if (ROOT / ".cache").is_dir() else None))
     fs = subprocess.run(["df", "-T", str(data)], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
     load = os.getloadavg()[0]

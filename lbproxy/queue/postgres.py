@@ -11,11 +11,12 @@
   name the host, never the URL (it may hold a password).
 
 Durability: a commit returns once PostgreSQL has flushed it (``synchronous_commit`` on, its default), so a
-job is on disk before ``/run`` answers, and so is a result. Claims, lease renewals, progress and stream chunks
-commit without waiting for the disk (``_db(lazy=True)``: ``synchronous_commit`` off), as the SQLite store does them: a database crash can
-undo only the last fraction of a second of them, which puts a claimed job back in the queue (it runs again:
-at least once), and it takes one fsync off the way from a commit to a waiting worker. Times are the service's wall clock, as with SQLite: replicas on
-several hosts need their clocks in sync (NTP) to well within ``queue.lease``.
+job is on disk before ``/run`` answers, and so is a result. Claims, lease renewals, progress and stream
+chunks commit without waiting for the disk (``_db(lazy=True)``: ``synchronous_commit`` off), as the SQLite
+store does them: a database crash can undo only the last fraction of a second of them, which puts a claimed
+job back in the queue (it runs again: at least once), and it takes one fsync off the way from a commit to a
+waiting worker. Times are the service's wall clock, as with SQLite: replicas on several hosts need their
+clocks in sync (NTP) to well within ``queue.lease``.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@
 It listens on a free loopback port only (no Unix socket in a shared directory), with password authentication,
 so the tests also see that a store URL's password never shows. ``fsync`` is off: the tests restart and kill
 the server (a crash of PostgreSQL, not of the machine, which the OS page cache survives), never the power.
+bench/queue_replicas.py starts one with ``durable=True`` (fsync on, as SQLite's WAL is fsynced there).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def _owner() -> str | None:
 class PgServer:
     """One cluster: ``start()`` once, then ``stop()``/``start()`` to play a database restart."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, durable: bool = False) -> None:
         self.port = port
+        self.durable = durable
         self.password = "pw-" + secrets.token_hex(12)
         self.bin = pg_bin()
         self.owner = _owner()
@@ -72,10 +74,10 @@ class PgServer:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--pwfile", str(pwfile),
                   "-A", "scram-sha-256", "--no-sync", "-E", "UTF8", "--locale", "C")
         pwfile.unlink()
+        sync = "" if self.durable else "fsync = off\nfull_page_writes = off\n"
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = ''\n"
-                       "fsync = off\nfull_page_writes = off\nmax_connections = 300\nlog_min_messages = warning\n"
-                       "shared_buffers = 32MB\n")
+                       f"{sync}max_connections = 300\nlog_min_messages = warning\nshared_buffers = 32MB\n")
 
     def start(self) -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
@@ -87,6 +89,10 @@ class PgServer:
     def close(self) -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def pid(self) -> int:
+        """The postmaster's process id (the first line of its pid file)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
