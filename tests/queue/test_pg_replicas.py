@@ -47,11 +47,12 @@ class Replicas:
         return data
 
     async def all_done(self, i: int, ids: list[str], timeout: float) -> list[dict[str, Any]]:
-        async def done() -> list[dict[str, Any]] | None:
-            states = await asyncio.gather(*(self.status(i, j) for j in ids))
-            return states if all(s["status"] == "COMPLETED" for s in states) else None
-        result: list[dict[str, Any]] = await until(done, timeout, f"{len(ids)} jobs COMPLETED", interval=0.2)
-        return result
+        """Waits on /health's count (one query a poll, not one per job), then reads every job once."""
+        async def counted() -> bool:
+            health = (await self.http.get(f"{self.base(i)}/health")).json()
+            return bool(health["jobs"]["completed"] >= len(ids))
+        await until(counted, timeout, f"{len(ids)} jobs COMPLETED", interval=0.1)
+        return list(await asyncio.gather(*(self.status(i, j) for j in ids)))
 
     def runs_per_job(self) -> collections.Counter[str]:
         text = self.runs.read_text() if self.runs.exists() else ""
