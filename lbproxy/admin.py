@@ -65,8 +65,10 @@ class Admin:
         return web.json_response({
             "queued": self.pool.queued,
             "oldest_wait_seconds": now - oldest if oldest is not None else 0.0,
+            # A worker this replica never had work for (not ready here: a queue endpoint's pod talks to another
+            # replica) says nothing of its idleness; reported as idle 0 s it would never be scaled down.
             "workers": {w.id: {"in_flight": w.in_flight, "idle_seconds": w.idle_for(now)}
-                        for w in self.pool.workers.values()},
+                        for w in self.pool.workers.values() if w.in_flight or w.idle_since is not None},
         })
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -219,7 +219,9 @@ class PeerLoad:
 def merge_peer_load(snap: Snapshot, peers: tuple[PeerLoad, ...]) -> Snapshot:
     """The whole endpoint's load: this replica's snapshot plus every peer's queue and in-flight counts.
 
-    A worker is idle only when idle on every replica, since the most recent request any of them sent it.
+    A worker is idle only when idle on every replica, since the most recent request any of them sent it. A
+    peer reports only the workers it had ready or busy; one still starting here is ready there (a queue
+    endpoint's worker pod is in touch with one replica only), so it counts as ready, idle since the peer says.
     """
     if not peers:
         return snap
@@ -237,8 +239,14 @@ def merge_peer_load(snap: Snapshot, peers: tuple[PeerLoad, ...]) -> Snapshot:
             extra[wid] = (busy + in_flight, max(latest, now - idle))
     workers = []
     for w in snap.workers:
-        busy, latest = extra.get(w.id, (0, float("-inf")))
+        if w.id not in extra:
+            workers.append(w)
+            continue
+        busy, latest = extra[w.id]
         in_flight = w.in_flight + busy
-        idle_since = None if in_flight or w.idle_since is None else max(w.idle_since, latest)
-        workers.append(WorkerView(w.id, w.state, in_flight, w.since, idle_since, w.rank))
+        state, since, own_idle = w.state, w.since, w.idle_since
+        if state is WorkerState.STARTING:
+            state, own_idle = WorkerState.READY, latest
+        idle_since = None if in_flight or own_idle is None else max(own_idle, latest)
+        workers.append(WorkerView(w.id, state, in_flight, since, idle_since, w.rank))
     return Snapshot(now, tuple(workers), queued, oldest, snap.start_blocked_until, snap.pending_starts)

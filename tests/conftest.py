@@ -22,6 +22,8 @@ import httpx
 import pytest
 import yaml
 
+from .queue.pg_server import PgServer
+
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = ROOT / "examples" / "workers" / "echo.py"
 
@@ -246,3 +248,23 @@ def error_of(response: httpx.Response) -> str:
     assert body["message"], body
     code: str = body["error"]
     return code
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the whole session (queue and kubernetes tests share it: initdb and a start
+    take seconds); each test gets a database of its own (``pg_url``)."""
+    server = PgServer(free_port())
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh, empty database of the session's server for one test: tests never see each other's jobs."""
+    return pg_server.new_database()
+

@@ -521,6 +521,19 @@ def test_a_worker_is_idle_since_the_last_request_any_replica_sent() -> None:
     assert d.drain == ()  # idle 20 s here, but only 4 s on the other replica
 
 
+def test_a_worker_ready_only_on_a_peer_counts_as_ready_and_idle_there_and_is_never_an_init_failure() -> None:
+    """A queue endpoint's worker pod talks to one replica: the leader may never hear from it itself."""
+    s = Snapshot(now=100.0, workers=(WorkerView("p", WorkerState.STARTING, 0, 0.0, None),
+                                      WorkerView("q", WorkerState.STARTING, 0, 95.0, None)))
+    merged = merge_peer_load(s, (PeerLoad(0, 0.0, (("p", 0, 30.0),)),))
+    assert [(w.id, w.state, w.idle_since) for w in merged.workers] == [
+        ("p", WorkerState.READY, 70.0), ("q", WorkerState.STARTING, None)]
+    d = decide(merged, cfg(active=0, idle_timeout=10.0, init_timeout=50.0))
+    assert d.drain == ("p",) and not any(wid == "p" for wid, _ in d.stop)  # idle there: drained, not failed
+    alone = decide(s, cfg(active=0, idle_timeout=10.0, init_timeout=50.0))
+    assert ("p", "not ready within timeouts.init (50s)") in alone.stop  # what the leader would do without it
+
+
 def test_no_peers_changes_nothing() -> None:
     s = Snapshot(now=1.0, workers=())
     assert merge_peer_load(s, ()) is s

@@ -22,8 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ..conftest import ROOT, Endpoint, deep_merge, free_port, until
-from .pg_server import PgServer
+from ..conftest import ROOT, Endpoint, deep_merge, until
 
 RUNPOD_VERSION = "1.12.0"
 VENV = ROOT / ".cache" / f"runpod-{RUNPOD_VERSION}"
@@ -45,24 +44,6 @@ def _build_venv() -> Path:
                             f"runpod=={RUNPOD_VERSION}"], check=True)
             done.write_text(RUNPOD_VERSION)
     return python
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """One real PostgreSQL server for the session (started once: initdb and a start take seconds)."""
-    server = PgServer(free_port())
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def pg_url(pg_server: PgServer) -> str:
-    """A fresh, empty database of the session's server for one test: tests never see each other's jobs."""
-    return pg_server.new_database()
 
 
 @pytest.fixture(scope="session")
