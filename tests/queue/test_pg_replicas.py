@@ -125,6 +125,10 @@ async def test_two_replicas_share_one_queue_and_a_killed_one_s_jobs_finish_on_th
                    if s["status"] == "IN_PROGRESS"]
         return bool(set(running) & a_workers) and bool(set(running) & b_workers)
     await until(both_busy, 30, "jobs running on both replicas' workers", interval=0.05)
+
+    async def b_holds_jobs() -> bool:  # b's own count, read just before the kill: the SDK takes jobs in rounds
+        return any(w["in_flight"] for w in await r.eps[1].workers())  # (a round's jobs done, up to 1 s with none)
+    await until(b_holds_jobs, 30, "replica b's worker holding jobs", interval=0.01)
     r.eps[1].proc.send_signal(signal.SIGKILL)
     r.eps[1].proc.wait(10)
     done = await r.all_done(0, first + second, 90)
