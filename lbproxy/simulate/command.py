@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per setting instead of the table")
 
 
-def _fail(lines: list[str], head: str | None = None, err: TextIO = sys.stderr) -> int:
+def _fail(lines: list[str], head: str | None, err: TextIO) -> int:
     if head:
         print(f"lbproxy: {head}", file=err)
     for line in lines:
@@ -58,7 +58,9 @@ def _fail(lines: list[str], head: str | None = None, err: TextIO = sys.stderr) -
     return EXIT_INVALID
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
     try:
         load_config(args.config)
         base = _read_yaml(args.config, args.config)
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     if args.target_p99 is not None and not args.target_p99 >= 0:
         problems.append("--target-p99: must be a number of seconds >= 0")
     if problems:
-        return _fail(problems, err=err)
+        return _fail(problems, None, err)
     try:
         settings = expand(base, args.sets, args.grids, cold, stop)
     except SettingsError as exc:
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     try:
         trace = load_trace(args.trace)
     except TraceError as exc:
-        return _fail([str(exc)], err=err)
+        return _fail([str(exc)], None, err)
 
     if settings[0].config.type != "load_balancer":
         print(f"note: {args.config} is a {settings[0].config.type} endpoint: simulated as a load balancer "

@@ -196,7 +196,7 @@ def parse_trace(name: str, text: str) -> Trace:
         raise TraceError(f"{name}: the file is empty")
     if first.startswith("{"):
         return _parse_jsonl(name, lines)
-    if "arrival_s" in first.split(","):
+    if "arrival_s" in first or "service_s" in first:
         return _sorted(name, _csv_rows(name, text))
     access = [a for i, line in enumerate(lines, 1) if (a := _text_access(name, i, line)) is not None]
     if not access:
@@ -318,7 +318,7 @@ SYNTHETIC: dict[str, Generator] = {
         "single requests with exponential gaps of mean `gap` s (Poisson at 1/`gap`)", _sparse),
 }
 _DURATIONS = {"duration", "every", "spread", "period", "gap", "service"}  # take 10m, 1h ... as well as seconds
-_POSITIVE = {"rate", "every", "gap", "period", "duration"}
+_POSITIVE = {"every", "gap", "period", "duration"}
 
 
 def synthetic(spec: str) -> Trace:
