@@ -150,3 +150,21 @@ def test_a_grid_over_the_cold_start_shows_what_a_faster_start_is_worth(capsys: p
     assert code == 0
     fast, slow = (json.loads(line) for line in out.splitlines())
     assert fast["wait_p50_s"] < slow["wait_p50_s"] and fast["cost_dollars"] < slow["cost_dollars"]
+
+
+def test_the_readme_example_runs_and_shows_what_the_readme_says(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## lbproxy simulate", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"```sh\n(lbproxy simulate .*?)\n```", section, flags=re.S)
+    assert command is not None
+    argv = command.group(1).replace("\\\n", " ").split()[1:]
+    argv[argv.index("--out") + 1] = str(tmp_path)
+    code, out, _ = simulate(capsys, *[str(ROOT / a) if a.endswith(".yaml") else a for a in argv[1:]])
+    assert code == 0
+    shown = re.search(r"```\n(trace: .*?)\n```", section, flags=re.S)
+    assert shown is not None
+    for line in shown.group(1).splitlines():
+        if line.strip() and "..." not in line and not line.startswith("assumed:"):
+            assert line.rstrip() in out, line
+    assert (tmp_path / "report.html").exists()

@@ -90,7 +90,10 @@ def _notes(outcomes: Sequence[Outcome], configs: Sequence[Config], i: int, cold:
     idle = cfg.timeouts.idle
     rule = f"timeouts.idle {format_duration(idle)} vs the cold start {format_duration(cold)}"
     j = _neighbour(outcomes, i, "timeouts.idle", cold)
-    if idle < cold * 0.8:
+    if o.cold_starts == 0:
+        notes.append(f"{rule}: no worker was started beyond workers.active, so the idle timeout did not matter "
+                     f"for this trace")
+    elif idle < cold * 0.8:
         notes.append(f"{rule}: the page advises starting at the cold-start time; {o.cold_starts} workers were "
                      f"started, {o.hit_cold_start} requests waited for one" + (f"; {_compare(outcomes, i, j)}" if j
                                                                                is not None else ""))
@@ -185,9 +188,12 @@ def advise(outcomes: Sequence[Outcome], configs: Sequence[Config], cold: float, 
         chosen = min(candidates, key=lambda i: (distance(i), _cost(outcomes[i]), i))
         cheapest = min(candidates, key=lambda i: (_cost(outcomes[i]), i))
         fastest = min(candidates, key=lambda i: (outcomes[i].wait(99), i))
-        why = (f"the balance of the front (nearest the corner of its lowest cost {money(outcomes[cheapest])} and "
-               f"lowest p99 wait {outcomes[fastest].wait(99):.2f}s){lost}; pass --target-p99 SECONDS to choose "
-               f"the cheapest setting that meets a latency target instead")
+        if len(candidates) == 1:
+            why = f"alone on the front: no other setting costs less or waits less at p99{lost}"
+        else:
+            why = (f"the balance of the front (nearest the corner of its lowest cost {money(outcomes[cheapest])} "
+                   f"and lowest p99 wait {outcomes[fastest].wait(99):.2f}s){lost}; pass --target-p99 SECONDS "
+                   f"to choose the cheapest setting that meets a latency target instead")
     return Advice(front, chosen, why, tuple(_notes(outcomes, configs, chosen, cold, duration)))
 
 
