@@ -16,7 +16,7 @@ from lbproxy.simulate.traces import synthetic
 
 from .conftest import ROOT, base_config, deep_merge, until
 
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))  # appended: its modules must not shadow others
 import sim_vs_real
 
 pytestmark = pytest.mark.slow
