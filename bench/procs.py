@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -143,6 +144,19 @@ def _machine_cpu() -> tuple[float, float]:
     return (user + nice + system) / _HZ, steal / _HZ
 
 
+def _core_ticks() -> dict[int, tuple[int, int]]:
+    """Per core: (busy, total) clock ticks since boot; busy is everything but idle and iowait (irq included)."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines()[1:]:
+        if not line.startswith("cpu"):
+            break
+        name, *values = line.split()
+        fields = [int(v) for v in values]
+        total = sum(fields[:8])
+        out[int(name[3:])] = (total - fields[3] - fields[4], total)
+    return out
+
+
 def _cpu_by_pid(pids: Iterable[int]) -> dict[int, int]:
     out = {}
     for pid in pids:
@@ -180,13 +194,19 @@ class CpuMeter:
         self.busy, self.steal = _machine_cpu()
         self.own = _own_cpu()
         self.ticks = _cpu_by_pid([*self.pids, *_kernel_threads()])
+        self.cores = _core_ticks()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, Any]:
+        """Other processes' and the hypervisor's CPU seconds; ``core_busy``: each core's busy share (of all
+        processes, interrupts included), which says whether the load generator's core had room left."""
+        cores = _core_ticks()
+        core_busy = {str(c): round((b - self.cores[c][0]) / max(1, t - self.cores[c][1]), 3)
+                     for c, (b, t) in cores.items() if c in self.cores}
         busy, steal = _machine_cpu()
         ticks = _cpu_by_pid([*self.pids, *_kernel_threads()])
         own = _own_cpu() - self.own + sum(t - self.ticks.get(pid, 0) for pid, t in ticks.items()) / _HZ
         return {"other_cpu_s": round(max(0.0, (busy - self.busy) - own), 3),
-                "steal_cpu_s": round(steal - self.steal, 3)}
+                "steal_cpu_s": round(steal - self.steal, 3), "core_busy": core_busy}
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:

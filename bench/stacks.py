@@ -1,17 +1,13 @@
-"""The systems under test: ``lbproxy serve`` with one local worker, and nginx as the reference proxy.
+"""The system under test: ``lbproxy serve`` with one local worker, and the workers the scenarios use.
 
-All three rows of a scenario hit literally the same worker process: lbproxy starts it (``worker.command``),
-the bench reads its address from lbproxy's admin ``/status`` (``workers[0].address``) and sends the "direct"
-load there and points nginx's ``upstream`` at it.
+Every column of a scenario hits literally the same worker process: lbproxy starts it (``worker.command``),
+the bench reads its address from lbproxy's admin ``/status`` (``workers[0].address``), sends the "direct"
+load there and points the peers (``peers.py``) at it.
 """
 
 from __future__ import annotations
 
-import grp
 import json
-import os
-import pwd
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,14 +22,8 @@ ROOT = HERE.parent
 ECHO_WORKER = ROOT / "examples" / "workers" / "echo.py"
 NGINX_WORKER = HERE / "nginx_worker.sh"
 COLD_WORKER = HERE / "cold_worker.py"
+WS_ECHO_WORKER = HERE / "ws_echo_worker.py"
 LBPROXY = Path(sys.executable).with_name("lbproxy")
-
-
-def nginx_path() -> str | None:
-    return shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx") if Path(p).exists()),
-        None,
-    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +51,16 @@ def echo_worker() -> WorkerKind:
         command=("python3", str(ECHO_WORKER)),
         env={"ECHO_INIT_DELAY": "0", "ECHO_SHUTDOWN_TIMEOUT": "1"},
         paths={"small": "/bytes?n=13", "64k": "/bytes?n=65536", "1m": "/bytes?n=1048576", "ws": "/ws"},
+    )
+
+
+def ws_echo_worker() -> WorkerKind:
+    """picows echo (bench/ws_echo_worker.py), run by this interpreter: picows is installed beside the bench."""
+    return WorkerKind(
+        name="python picows (bench/ws_echo_worker.py)",
+        command=(sys.executable, str(WS_ECHO_WORKER)),
+        env={},
+        paths={"ws": "/ws"},
     )
 
 
@@ -145,92 +145,3 @@ def start_lbproxy(
         procs.stop(proc)
         raise
     return lb
-
-
-NGINX_PROXY_CONF = """\
-{user}
-worker_processes 1;
-worker_rlimit_nofile {nofile};
-pid {dir}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections {connections}; multi_accept on; }}
-http {{
-  access_log off;
-  tcp_nodelay on;
-  keepalive_timeout 300s;
-  keepalive_requests 100000000;
-  client_body_temp_path {dir}/tmp/body;
-  proxy_temp_path {dir}/tmp/proxy;
-  fastcgi_temp_path {dir}/tmp/fastcgi;
-  uwsgi_temp_path {dir}/tmp/uwsgi;
-  scgi_temp_path {dir}/tmp/scgi;
-  upstream worker {{
-    server {upstream};
-    keepalive 64;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-  }}
-  server {{
-    listen {listen} backlog=4096;
-    location / {{
-      proxy_pass http://worker;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      # Stream as lbproxy does (no spooling to temp files), reading up to 64 KiB at a time: the strongest of
-      # the streaming set-ups tried (bench/README.md); nginx's defaults (4 KiB, buffering on) are ~2x slower
-      # for 1 MiB bodies.
-      proxy_buffering off;
-      proxy_buffer_size 64k;
-      proxy_buffers 8 64k;
-    }}
-    location = /ws {{
-      proxy_pass http://worker;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection "upgrade";
-      proxy_read_timeout 3600s;
-      proxy_send_timeout 3600s;
-    }}
-  }}
-}}
-"""
-
-
-def nginx_connections(nofile: int) -> int:
-    """worker_connections for a descriptor limit: nginx starts closing fresh connections ("worker_connections are
-    not enough, reusing connections") once fewer than 1/16 of its slots are free, so the slots must exceed the
-    descriptors by that much for the descriptor limit to be what binds."""
-    return max(1024, nofile + nofile // 15 + 64)
-
-
-@dataclass
-class NginxProxy:
-    proc: Any
-    port: int
-
-    def pids(self) -> list[int]:
-        return group_pids(int(self.proc.pid))
-
-
-def start_nginx_proxy(procs: Processes, tmp: Path, name: str, nginx: str, upstream_port: int,
-                      nofile: int) -> NginxProxy:
-    """nginx ``proxy_pass`` with upstream keep-alive to ``127.0.0.1:upstream_port``, one worker, pinned."""
-    port = free_port()
-    d = tmp / name
-    (d / "tmp").mkdir(parents=True, exist_ok=True)
-    nofile = min(nofile, 70000)
-    # As root, keep the starting user (as nginx_worker.sh does): "nobody" may not reach the private temp dir.
-    user = f"user {pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name};" if os.getuid() == 0 else ""
-    conf = NGINX_PROXY_CONF.format(
-        user=user, dir=d, nofile=nofile, connections=nginx_connections(nofile), upstream=f"{LOOPBACK}:{upstream_port}",
-        listen=f"{LOOPBACK}:{port}",
-    )
-    (d / "nginx.conf").write_text(conf)
-    proc = procs.start([nginx, "-e", "stderr", "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
-                       name=name, cpu=procs.server_cpu)
-    try:
-        wait_port(port, 10.0, proc)
-    except BaseException:
-        procs.stop(proc)
-        raise
-    return NginxProxy(proc, port)

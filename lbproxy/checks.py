@@ -84,6 +84,8 @@ def _never_scales(config: Config) -> list[str]:
     """Combinations under which the endpoint can never add a worker (or never serve at all)."""
     workers, limits, scaling = config.workers, config.limits, config.scaling
     found: list[str] = []
+    if config.type == "queue":
+        return found  # jobs wait in the job store, not in limits.max_queue or timeouts.wait
     if limits.max_queue == 0 and workers.active == 0:
         found.append(
             "limits.max_queue: 0 with workers.active: 0 refuses every request (429) while no worker is ready, so "
@@ -114,8 +116,9 @@ def _active_rate_per_hour(config: Config) -> float:
 def backend_problems(config: Config) -> list[str]:
     """Why `serve` must refuse this config with its backend: a setting it cannot honour is an error."""
     problems: list[str] = []
-    if config.type == "queue":
-        problems.append("type: queue endpoints are not implemented yet; use load_balancer")
+    if config.type == "queue" and config.backend.type == "kubernetes":
+        problems.append("type: queue: runs on the local backend in this release (kubernetes workers for queue "
+                        "endpoints come next); set backend.type: local")
     if config.backend.type == "local":
         for key, why in _KUBERNETES_ONLY.items():
             if config.set_in_file(key):
@@ -142,8 +145,12 @@ def notices(config: Config) -> list[str]:
     found: list[str] = []
     if config.backend.type == "local" and config.set_in_file("flashboot"):
         found.append("flashboot: has no effect with the local backend (each worker is a fresh local process)")
-    if config.type == "load_balancer" and config.set_in_file("timeouts.ttl"):
-        found.append("timeouts.ttl: only applies to queue endpoints; no effect with type: load_balancer")
+    if config.type == "load_balancer":
+        for key in ("timeouts.ttl", "queue", "worker.job_path"):
+            if config.set_in_file(key):
+                found.append(f"{key}: only applies to queue endpoints; no effect with type: load_balancer")
+    else:
+        found.extend(_queue_notices(config))
     strategy = config.scaling.strategy
     if strategy == "request_count" and config.set_in_file("scaling.queue_delay"):
         found.append("scaling.queue_delay: no effect with scaling.strategy: request_count")
@@ -154,4 +161,26 @@ def notices(config: Config) -> list[str]:
             "auth.forward_authorization: no effect without api keys "
             "(the Authorization header then always reaches the worker)"
         )
+    return found
+
+
+def _queue_notices(config: Config) -> list[str]:
+    """Settings of the request path that a queue endpoint replaces with its own."""
+    found = [
+        f"{key}: no effect with type: queue ({instead})"
+        for key, instead in (
+            ("limits.max_body_size", "queue.max_run_body and queue.max_runsync_body limit submissions"),
+            ("limits.max_queue", "jobs wait in the job store, bounded by their TTL"),
+            ("auth.forward_authorization", "workers never see the client's request"),
+        )
+        if config.set_in_file(key)
+    ]
+    sdk = config.queue.delivery == "sdk"
+    for key, why in (("worker.health_path", "an SDK worker is ready at its first contact with the worker API"),
+                     ("worker.job_path", "SDK workers pull their jobs"),
+                     ("timeouts.wait", "SDK workers pull their jobs")):
+        if sdk and config.set_in_file(key):
+            found.append(f"{key}: no effect with queue.delivery: sdk ({why})")
+    if not sdk and config.set_in_file("queue.worker_listen"):
+        found.append("queue.worker_listen: no effect with queue.delivery: http (lbproxy pushes jobs to workers)")
     return found

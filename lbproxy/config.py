@@ -70,6 +70,7 @@ __all__ = [
     "LimitsSettings",
     "LogSettings",
     "PlacementSettings",
+    "QueueSettings",
     "ScalingSettings",
     "TimeoutsSettings",
     "WorkerSettings",
@@ -129,11 +130,13 @@ class TimeoutsSettings(_Settings):
     """A ready worker idle this long is drained and stopped (never below `workers.active`)."""
     execution: _ExecutionLimit = 600.0
     """Most time one request (or WebSocket session) may take, 5s to 7d; then 504 (a WebSocket is closed with
-    code 1011). `0` or `off` disables it."""
+    code 1011). `0` or `off` disables it. Queue endpoints: per job from its start (a job's
+    `policy.executionTimeout` overrides it); then TIMED_OUT."""
     wait: _PositiveDuration = 120.0
     """Most time a request waits in the queue for a free worker; then 503 `no_worker` with `Retry-After`."""
     ttl: Annotated[float, _duration(10.0)] = 86400.0
-    """Queue endpoints only: most time a job may live from submission (at least 10s)."""
+    """Queue endpoints only: most time a job may live from submission, in any state (at least 10s); then it is
+    deleted (`/status` 404). A job's `policy.ttl` overrides it."""
     init: _PositiveDuration = 420.0
     """A worker not ready this long after it started is stopped and replaced: allow its whole model load."""
     shutdown: _Duration = 30.0
@@ -285,6 +288,9 @@ class WorkerSettings(_Settings):
     local backend picks a second free port."""
     health_path: _HealthPath = "/ping"
     """The path lbproxy probes: 200 ready, 204 still loading (README "The worker contract")."""
+    job_path: _HealthPath = "/run"
+    """`type: queue` with `queue.delivery: http`: each job is POSTed here as `{"id", "input"}`; the JSON answer
+    becomes the job's output (an `application/x-ndjson` or `text/event-stream` answer: its stream chunks)."""
     env: _EnvField = {}
     """Extra environment variables for every worker (numbers and booleans become strings)."""
     stop_grace: Annotated[_Duration, backend_only("local")] = 10.0
@@ -359,6 +365,75 @@ class BackendSettings(_Settings):
     """Extra worker container `requests`/`limits` (cpu, memory); the GPU limit comes from `workers.gpus`."""
 
 
+def _sqlite_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from lbproxy.queue.locations import sqlite_path  # pure parsing; nothing is opened here
+
+    try:
+        sqlite_path(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; the only store in this release is sqlite:///PATH.db") from None
+    return value
+
+
+class QueueSettings(_Settings):
+    """`type: queue` endpoints (README "Queue endpoints"): where jobs are kept and how workers get them."""
+
+    store: Annotated[str | None, AfterValidator(_sqlite_url)] = None
+    """Where jobs are kept: `sqlite:///PATH.db` (WAL, durable commits). Unset: `<endpoint name>.queue.db` in
+    lbproxy's data directory (LBPROXY_DATA_DIR, else ~/.local/share/lbproxy)."""
+    delivery: Literal["sdk", "http"] = "sdk"
+    """`sdk`: workers are unchanged `runpod` SDK workers that pull jobs from `worker_listen`. `http`: lbproxy
+    POSTs each job to `worker.job_path` on a ready HTTP worker (any load-balancer worker)."""
+    worker_listen: _AddressField = Address("127.0.0.1", 0)
+    """`sdk`: where the worker API (job-take, job-done, job-stream, job-stop, ping) listens; port 0 picks a
+    free one. Apart from `listen`, so clients never reach worker routes."""
+    retention: _PositiveDuration = 1800.0
+    """How long a finished job's result is kept for `/status` (Runpod: 30 min); then it is deleted."""
+    sync_retention: _PositiveDuration = 60.0
+    """The same for jobs submitted with `/runsync` (Runpod: 1 min)."""
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    """Times a job is handed to a worker before a lost worker (exited, lease expired) makes it FAILED with
+    `worker lost`. Handler errors are never retried (as Runpod)."""
+    lease: Annotated[float, _duration(2.0)] = 30.0
+    """A taken job belongs to its worker this long; each ping listing it renews it. A lapsed lease requeues
+    the job. Must exceed two `ping_interval`s."""
+    ping_interval: Annotated[float, _duration(1.0)] = 2.0
+    """`sdk`: RUNPOD_PING_INTERVAL given to workers (rounded to whole seconds, as the SDK counts them)."""
+    take_hold: Annotated[float, _duration(1.0)] = 20.0
+    """`sdk`: how long an empty job-take or job-stop poll is held open (the SDK gives up after 90 s and polls
+    again at once on an empty answer, so it must be held)."""
+    stop_grace: Annotated[float, _duration(1.0)] = 5.0
+    """After a cancel or execution timeout, how long the worker has to let go of the job (an async handler
+    is stopped through job-stop, and its pings stop listing it); a worker still holding it then is stopped and
+    replaced (a sync handler cannot be interrupted). More than two `ping_interval`s."""
+    max_run_body: _ByteSize = 10_000_000
+    """Largest `/run` body (Runpod: 10 MB); larger gets 413."""
+    max_runsync_body: _ByteSize = 20_000_000
+    """Largest `/runsync` body (Runpod: 20 MB); larger gets 413."""
+    max_result_size: _ByteSize = 20_000_000
+    """Largest result, progress or stream chunk a worker may post (Runpod: 20 MB). Larger: the job FAILED,
+    since the SDK does not retry a 4xx and the result would be lost silently."""
+    webhook_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    """Further attempts after a webhook POST fails (Runpod: 2)."""
+    webhook_retry_delay: _Duration = 10.0
+    """Time between webhook attempts (Runpod: 10 s)."""
+
+    @model_validator(mode="after")
+    def _outlast_two_pings(self) -> QueueSettings:
+        """A lost job and a released one are both told by pings that leave it out: allow for two of them."""
+        pings = 2 * round(self.ping_interval)
+        problems: list[tuple[Loc, str]] = []
+        if self.lease < pings:
+            problems.append((("lease",), f"must be at least two ping intervals ({pings}s)"))
+        if self.stop_grace <= pings:
+            problems.append((("stop_grace",), f"must be more than two ping intervals ({pings}s)"))
+        if problems:
+            raise _field_errors(problems)
+        return self
+
+
 class Config(_Settings):
     """One endpoint's settings (README "Settings")."""
 
@@ -366,8 +441,9 @@ class Config(_Settings):
     """Endpoint name, a DNS-1123 label: names the worker Deployments and appears in every log line and
     metric."""
     type: Literal["load_balancer", "queue"] = "load_balancer"
-    """`load_balancer`: requests go straight to workers. `queue` (asynchronous jobs) is not served yet:
-    `serve` refuses it."""
+    """`load_balancer`: requests go straight to workers. `queue`: Runpod-compatible asynchronous jobs
+    (`/v2/NAME/run`, `/runsync`, `/status`, ...) that unchanged `runpod` SDK workers pull (README "Queue
+    endpoints"); local backend only in this release."""
     listen: _AddressField = Address("0.0.0.0", 8080)
     """The proxy's address, `HOST:PORT` (`:8080`: every IPv4 interface)."""
     admin: _AddressField = Address("127.0.0.1", 9090)
@@ -400,6 +476,8 @@ class Config(_Settings):
     """How one worker starts, and where lbproxy reaches it."""
     backend: BackendSettings = BackendSettings()
     """What runs the workers."""
+    queue: Annotated[QueueSettings, backend_only("local")] = QueueSettings()
+    """`type: queue` endpoints: where jobs are kept, how workers get them, how long results stay."""
     cost: CostSettings = CostSettings()
     """What workers cost (README "Cost"), and a spend limit."""
 

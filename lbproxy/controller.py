@@ -13,18 +13,30 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .backends.base import Backend, StartFailed, WorkerAddress
 from .control_timing import TICK, fails_fast, next_decision_in, start_backoff
 from .health import HealthProber
 from .metrics import Metrics
-from .policy import Decision, PeerLoad, ScalingSettings, WorkerState, decide, merge_peer_load
+from .policy import Decision, PeerLoad, ScalingSettings, Snapshot, WorkerState, decide, merge_peer_load
 from .pool import Worker, WorkerPool
 
 log = logging.getLogger("lbproxy.controller")
 
 PEER_POLL = 0.1  # how often a drained worker's in-flight count on the other replicas is looked at again
+
+
+class Prober(Protocol):
+    """What decides a worker is ready: ``HealthProber`` (/ping), or a queue's first contact with a worker."""
+
+    def watch(self, w: Worker) -> None: ...
+
+    def forget(self, worker_id: str) -> None: ...
+
+
+# (blocked until, pending starts) -> the load to decide on; queue endpoints count jobs, not pool waiters.
+SnapshotSource = Callable[[float, int], Awaitable[Snapshot]]
 
 
 class Controller:
@@ -34,10 +46,11 @@ class Controller:
         self,
         settings: ScalingSettings,
         pool: WorkerPool,
-        prober: HealthProber,
+        prober: HealthProber | Prober,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        snapshot: SnapshotSource | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -45,6 +58,7 @@ class Controller:
         self.metrics = metrics
         self.clock = clock  # the pool's clock too: the policy compares the two
         self.sleep = sleep  # tests pass a virtual one, with the clock
+        self.snapshot = snapshot
         self.backend: Backend | None = None
         self.decisions: deque[dict[str, Any]] = deque(maxlen=20)
         self.failed_starts = 0
@@ -154,7 +168,10 @@ class Controller:
             await self._adopt_drains(backend)
             while True:
                 changed.clear()
-                snap = self.pool.snapshot(self.blocked_until, backend.pending_starts)
+                if self.snapshot is None:
+                    snap = self.pool.snapshot(self.blocked_until, backend.pending_starts)
+                else:
+                    snap = await self.snapshot(self.blocked_until, backend.pending_starts)
                 decision = decide(merge_peer_load(snap, self.peer_loads()), self.settings)
                 decision = self._within_spend_limit(decision, backend.pending_starts)
                 if decision.changes_anything:

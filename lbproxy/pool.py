@@ -370,6 +370,19 @@ class WorkerPool:
         if self._waiters:
             self._dispatch()
 
+    def set_in_flight(self, w: Worker, n: int) -> None:
+        """Queue endpoints: ``w`` holds ``n`` jobs it pulled itself (no slot was acquired through the pool), so
+        that scale-down sees it busy and a drain waits for its jobs."""
+        if n == w.in_flight:
+            return
+        w.in_flight = n
+        if n:
+            w.idle_since = None
+            return
+        w.idle_since = self.clock()
+        if w.state is not WorkerState.READY:
+            w.drained.set()
+
     def redispatch(self) -> None:
         """Dispatch again: a starting worker expected by a cold start may no longer be (see ``_share``)."""
         self._redispatch = None

@@ -116,6 +116,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
                 path: str | None = None) -> int:
     """Run the endpoint until ``stop`` is set (or SIGTERM/SIGINT; SIGHUP reloads ``path``). Returns the exit code."""
     stop = stop or asyncio.Event()
+    if config.type == "queue":
+        from .queue.endpoint import serve_queue
+
+        return await serve_queue(config, stop, environ)
     loop = asyncio.get_running_loop()
     try:  # first of all: a port in use must stop lbproxy before it starts a worker or opens a session
         listen_sock = bind("listen", config.listen)

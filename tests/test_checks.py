@@ -200,10 +200,14 @@ def test_kubernetes_only_sections_left_out_are_no_problem() -> None:
     assert backend_problems(config(gpu={}, placement={})) == []
 
 
-@pytest.mark.parametrize("backend", ["local", "kubernetes"])
-def test_queue_endpoints_are_refused_on_every_backend(backend: str) -> None:
-    problems = backend_problems(config(type="queue", backend={"type": backend}))
-    assert problems[0] == "type: queue endpoints are not implemented yet; use load_balancer"
+def test_queue_endpoints_are_served_by_the_local_backend() -> None:
+    assert backend_problems(config(type="queue")) == []
+
+
+def test_queue_endpoints_on_kubernetes_are_refused_naming_the_key() -> None:
+    problems = backend_problems(config(type="queue", backend={"type": "kubernetes"}, worker={"image": "img:1"}))
+    assert [p.split(":")[0] for p in problems] == ["type"]
+    assert "set backend.type: local" in problems[0]
 
 
 def test_kubernetes_backend_needs_an_image() -> None:
@@ -237,6 +241,21 @@ def test_ttl_set_in_the_file_only_applies_to_queue_endpoints() -> None:
         "timeouts.ttl: only applies to queue endpoints; no effect with type: load_balancer"
     ]
     assert notices(config(type="queue", timeouts={"ttl": "1h"})) == []
+
+
+def test_queue_settings_on_a_load_balancer_have_no_effect() -> None:
+    assert notices(config(queue={"retention": "1h"}, worker={"command": COMMAND, "job_path": "/jobs"})) == [
+        "queue: only applies to queue endpoints; no effect with type: load_balancer",
+        "worker.job_path: only applies to queue endpoints; no effect with type: load_balancer",
+    ]
+
+
+def test_request_path_settings_a_queue_endpoint_replaces_are_noted() -> None:
+    found = notices(config(type="queue", limits={"max_body_size": "1MB"}, timeouts={"wait": "5s"},
+                           worker={"command": COMMAND, "health_path": "/health"}))
+    assert [n.split(":")[0] for n in found] == ["limits.max_body_size", "worker.health_path", "timeouts.wait"]
+    assert notices(config(type="queue", queue={"delivery": "http"}, timeouts={"wait": "5s"},
+                          worker={"command": COMMAND, "health_path": "/health", "job_path": "/jobs"})) == []
 
 
 def test_scaling_settings_of_the_other_strategy_have_no_effect() -> None:

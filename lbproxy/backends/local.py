@@ -11,7 +11,7 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +52,10 @@ class LocalBackend:
     the group if lbproxy dies (``guard.py``); a state file lets the next start stop what a crash left."""
 
     def __init__(
-        self, config: Config, events: WorkerEvents, environ: Mapping[str, str] | None = None
+        self, config: Config, events: WorkerEvents, environ: Mapping[str, str] | None = None,
+        worker_env: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
+        """``worker_env(worker_id)``: extra variables for one worker (a queue worker's own URLs and secret)."""
         environ = os.environ if environ is None else environ
         command = config.worker.command
         if not command:
@@ -70,6 +72,7 @@ class LocalBackend:
         self._env = {**environ, **config.worker.env, "PATH": path}
         self._record = WorkerRecord(endpoint_file(config.name, "workers.json", environ))
         self._record_opened = False
+        self._worker_env = worker_env
         self._processes: dict[str, _Process] = {}
         self._seq = 0
         self._gpus: GpuSlices | None = None
@@ -106,6 +109,8 @@ class LocalBackend:
         port = free_port()
         health = free_port() if self._separate_health else port
         env = {**self._env, "PORT": str(port), "PORT_HEALTH": str(health), "LBPROXY_WORKER_ID": wid}
+        if self._worker_env is not None:
+            env.update(self._worker_env(wid))
         if self._gpus is not None:
             devices = self._gpus.take(wid)
             if devices is None:

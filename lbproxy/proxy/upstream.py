@@ -54,7 +54,7 @@ class Endpoint:
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("closed", "endpoint", "headers", "idle_since", "informational", "keep_alive", "parser",
+    __slots__ = ("closed", "endpoint", "headers", "idle_since", "informational", "keep_alive", "parser", "poller",
                  "reading_paused", "reason", "reused", "sink", "transport", "tunnelling", "until_close",
                  "writing_paused")
 
@@ -74,11 +74,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.writing_paused = False
         self.reading_paused = False
         self.tunnelling = False  # after a 101: bytes go to the sink unparsed
+        self.poller: select.poll | None = None
 
     # -- asyncio ---------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # registered once: asking it before each reuse is then one syscall and no allocation
+            self.poller = select.poll()
+            self.poller.register(sock.fileno(), _POLL_FLAGS)
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink
@@ -220,12 +225,8 @@ _POLL_FLAGS = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR |
 def _has_news(c: UpstreamConnection) -> bool:
     """Whether an idle connection has anything to read (the worker's FIN or RST, stray bytes) that the event loop
     has not delivered yet: then it is not reusable."""
-    sock = c.transport.get_extra_info("socket")
-    if sock is None:
-        return True
-    p = select.poll()
-    p.register(sock.fileno(), _POLL_FLAGS)
-    return bool(p.poll(0))
+    poller = c.poller
+    return poller is None or bool(poller.poll(0))
 
 
 class UpstreamPool:

@@ -1,0 +1,219 @@
+"""A queue endpoint's lifecycle: store, service, the two APIs, workers and scaling; then a clean stop.
+
+Stop order (SIGTERM/SIGINT): refuse new jobs, stop scaling, stop the workers (an SDK worker finishes its
+job and posts the result, so the worker API stays up until they are gone), then close the store. Jobs
+still running are requeued at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from ..admin import Admin
+from ..backends.base import StartFailed, WorkerAddress
+from ..backends.local import LocalBackend
+from ..checks import notices
+from ..config import Config
+from ..controller import Controller, Prober
+from ..health import HealthProber
+from ..metrics import Metrics
+from ..policy import WorkerState
+from ..policy_settings import scaling_settings
+from ..pool import WorkerPool
+from ..server import BindError, _start_site, _url, bind
+from .client_api import ClientApi
+from .http_delivery import HttpDelivery
+from .locations import store_path
+from .sdk_env import worker_env
+from .service import QueueService
+from .sqlite import SqliteJobStore
+from .worker_api import WorkerApi
+
+log = logging.getLogger("lbproxy")
+
+
+class QueueAdmin(Admin):
+    """The admin port of a queue endpoint: its queue is the job store's, not the pool's (empty here)."""
+
+    service: QueueService
+
+    def status(self) -> dict[str, Any]:
+        status = super().status()
+        load = self.service.last_load
+        oldest = load.oldest_created_at
+        status["queue"] = {
+            "length": load.queued, "in_progress": load.in_progress,
+            "oldest_wait_seconds": round(max(0.0, self.service.clock() - oldest), 3) if oldest is not None else 0.0,
+            "note": "jobs as of the controller's latest tick; low-priority jobs are not counted",
+        }
+        return status
+
+    def counts_by_state(self) -> tuple[int, int, dict[str, int]]:
+        _, in_flight, by_state = super().counts_by_state()
+        return self.service.last_load.queued, in_flight, by_state
+
+
+class QueueEvents:
+    """The backend's worker events for the controller, and worker exits for the queue too (requeue at once)."""
+
+    def __init__(self, controller: Controller, service: QueueService) -> None:
+        self.controller = controller
+        self.service = service
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def worker_added(self, address: WorkerAddress) -> None:
+        self.controller.worker_added(address)
+
+    def worker_exited(self, worker_id: str, reason: str) -> None:
+        self.controller.worker_exited(worker_id, reason)
+        task = asyncio.create_task(self.service.worker_gone(worker_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def worker_address(self, worker_id: str, host: str) -> None:
+        self.controller.worker_address(worker_id, host)
+
+    def worker_terminating(self, worker_id: str, reason: str) -> None:
+        self.controller.worker_terminating(worker_id, reason)
+
+    def worker_draining(self, worker_id: str, draining: bool) -> None:
+        self.controller.worker_draining(worker_id, draining)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _bind_all(config: Config) -> list[socket.socket]:
+    """listen, admin and queue.worker_listen, bound before anything starts; BindError names the key."""
+    socks: list[socket.socket] = []
+    try:
+        for key, address in (("listen", config.listen), ("admin", config.admin),
+                             ("queue.worker_listen", config.queue.worker_listen)):
+            socks.append(bind(key, address))
+    except BindError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str, str] | None) -> int:
+    loop = asyncio.get_running_loop()
+    q = config.queue
+    try:  # a port in use stops lbproxy before it opens the store or starts a worker
+        listen_sock, admin_sock, worker_sock = _bind_all(config)
+    except BindError as exc:
+        log.error("%s", exc)
+        return 2
+    metrics = Metrics(config.name)
+    pool = WorkerPool(config.workers.concurrency, config.limits.max_queue, config.timeouts.wait)
+    store = SqliteJobStore(store_path(config.name, q.store, environ), config.name, q.retention, q.sync_retention)
+    stopping_tasks: set[asyncio.Task[bool]] = set()
+    backend: LocalBackend | None = None
+
+    def retire(worker_id: str, why: str) -> None:
+        w = pool.get(worker_id)
+        if w is None or backend is None or w.state in (WorkerState.STOPPING, WorkerState.EXITED):
+            return
+        pool.set_state(w, WorkerState.STOPPING, why)
+        task = asyncio.create_task(backend.stop_worker(worker_id))
+        stopping_tasks.add(task)
+        task.add_done_callback(stopping_tasks.discard)
+
+    service = QueueService(config, store, pool, retire)
+    sdk = q.delivery == "sdk"
+    prober: Prober | HealthProber = service if sdk else HealthProber(pool, config.worker.health_path)
+    controller = Controller(scaling_settings(config), pool, prober, metrics, snapshot=service.snapshot)
+    events = QueueEvents(controller, service)
+    try:
+        await service.start()
+    except Exception as exc:  # an unreadable or locked store: say where, exit 2 like a bad config
+        log.error("cannot open the job store %s: %s", store.path, exc)
+        for sock in (listen_sock, admin_sock, worker_sock):
+            sock.close()
+        return 2
+    grace = config.timeouts.shutdown
+    worker_runner, worker_url = await _start_site(WorkerApi(config, service).app(), worker_sock, grace)
+    host, port = worker_runner.addresses[0][:2]
+    reach = _url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port)
+
+    def env_for(worker_id: str) -> dict[str, str]:
+        if not sdk:
+            return {}
+        session = service.session_for(worker_id)
+        return worker_env(reach, config.name, worker_id, session.secret.decode(), q.ping_interval, config.worker.env)
+
+    try:
+        backend = LocalBackend(config, events, environ, worker_env=env_for)
+        await backend.clean_up_leftovers()  # workers a crashed lbproxy of this endpoint left running
+    except StartFailed as exc:
+        log.error("cannot start: %s", exc)
+        await worker_runner.cleanup()
+        await service.close()
+        listen_sock.close()
+        admin_sock.close()
+        return 2
+    delivery = None
+    if not sdk:
+        assert isinstance(prober, HealthProber)
+        await prober.start()
+        delivery = HttpDelivery(config, service, pool)
+        await delivery.start()
+    config_notices = notices(config)
+    for notice in [*config_notices, *backend.notices]:
+        log.warning("%s", notice)
+    client = ClientApi(config, service)
+    if not client.keys.enabled:
+        log.warning("auth.api_keys is empty: the endpoint is open to anyone who can reach %s", config.listen)
+    admin = QueueAdmin(config, pool, controller, metrics.render, backend.describe, lambda: config_notices)
+    admin.service = service
+    metrics.watch(admin.counts_by_state, lambda: controller.leading)
+    client_runner, client_url = await _start_site(client.app(), listen_sock, grace)
+    admin_runner, admin_url = await _start_site(admin.app(), admin_sock, grace)
+    log.info("queue endpoint %s listening on %s/v2/%s (admin %s, worker API %s, store %s), workers %d..%d, "
+             "delivery %s", config.name, client_url, config.name, admin_url, worker_url, store.path,
+             config.workers.active, config.workers.max, q.delivery)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    control = asyncio.create_task(controller.run(backend), name="controller")
+    stopping = asyncio.create_task(stop.wait())
+    roots = {control, stopping, *([service.sweeper] if service.sweeper else [])}
+    exit_code = 0
+    try:
+        await asyncio.wait(roots, return_when=asyncio.FIRST_COMPLETED)
+        failed = next((t for t in roots if t.done() and t is not stopping), None)
+        if failed is not None:  # the controller and the sweeper never return on their own: a bug, so stop
+            exit_code = 1
+            log.critical("%s stopped: %r; shutting down", failed.get_name(), failed.exception(),
+                         exc_info=failed.exception())
+        else:
+            log.info("shutting down: workers finish their jobs (at most worker.stop_grace)")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        admin.stopping = client.stopping = True
+        pool.close()
+        stopping.cancel()
+        control.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await control
+        await client_runner.cleanup()
+        if delivery is not None:
+            await delivery.close()
+        await controller.shutdown()
+        await asyncio.gather(*stopping_tasks, return_exceptions=True)
+        await events.close()
+        if isinstance(prober, HealthProber):
+            await prober.close()
+        await worker_runner.cleanup()
+        await admin_runner.cleanup()
+        await service.close()
+        log.info("endpoint %s stopped", config.name)
+    return exit_code

@@ -1,0 +1,91 @@
+"""``queue.delivery: http`` (any HTTP worker serves a queue) and webhooks with Runpod's retries."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from ..conftest import until
+from .conftest import HERE, Queue
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def http_queue(start_endpoint):
+    opened: list[Queue] = []
+
+    async def start(**overrides):
+        ep = await start_endpoint(**{"type": "queue", "workers": {"active": 0, "max": 2, "concurrency": 2},
+                                     "queue": {"delivery": "http", "webhook_retry_delay": "0.2s"},
+                                     # stop_grace: a worker still sleeping in a timed-out job is killed soon
+                                     "worker": {"command": [sys.executable, str(HERE / "http_job_worker.py")],
+                                                "stop_grace": "1s"},
+                                     **overrides})
+        q = Queue(ep, Path(sys.executable))
+        opened.append(q)
+        return q
+
+    yield start
+    for q in opened:
+        await q.close()
+
+
+async def test_http_delivery_posts_the_job_and_stores_the_json_answer(http_queue):
+    q = await http_queue()
+    r = await q.http.post(f"{q.base}/runsync", json={"input": {"p": 1}})
+    body = r.json()
+    assert body["status"] == "COMPLETED", body
+    assert body["output"]["echo"] == {"p": 1} and body["output"]["id"] == body["id"]
+    assert body["output"]["worker"] == body["workerId"]
+
+
+async def test_http_delivery_streams_an_ndjson_answer_and_fails_on_an_error_status(http_queue):
+    q = await http_queue()
+    job_id = await q.run({"input": {"stream": 3}})
+    await q.wait_state(job_id, "COMPLETED")
+    r = await q.http.get(f"{q.base}/stream/{job_id}")
+    assert r.json()["stream"] == [{"output": {"token": i}} for i in range(3)]
+    failed = await q.http.post(f"{q.base}/runsync", json={"input": {"status": 500}})
+    assert failed.json()["status"] == "FAILED" and "500" in failed.json()["error"]
+
+
+async def test_http_delivery_requeues_the_job_of_a_worker_that_crashes(http_queue):
+    q = await http_queue(queue={"delivery": "http", "max_attempts": 2})
+    job_id = await q.run({"input": {"exit": True}})
+    failed = await q.wait_state(job_id, "FAILED", timeout=60)
+    assert failed["error"] == "worker lost" and failed["retries"] == 1  # infrastructure loss, handed out twice
+
+
+async def test_http_delivery_times_out_a_slow_job_and_frees_the_worker(http_queue):
+    q = await http_queue(workers={"active": 0, "max": 1, "concurrency": 1})
+    slow = await q.run({"input": {"sleep": 60}, "policy": {"executionTimeout": 5000}})
+    assert (await q.wait_state(slow, "TIMED_OUT", timeout=30))["executionTime"] >= 5000
+    r = await q.http.post(f"{q.base}/runsync", json={"input": {"after": 1}})
+    assert r.json()["status"] == "COMPLETED"  # the connection was closed: the slot is free again
+
+
+async def test_a_webhook_gets_the_final_status_and_is_retried(http_queue, unused_tcp_port):
+    calls: list[dict] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        calls.append(await request.json())
+        return web.Response(status=500 if len(calls) == 1 else 200)  # the first attempt fails
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        q = await http_queue()
+        job_id = await q.run({"input": {"w": 1}, "webhook": f"http://127.0.0.1:{unused_tcp_port}/hook"})
+        await until(lambda: len(calls) >= 2, 30, "the webhook and its retry")
+        assert calls[0] == calls[1]
+        assert calls[1]["id"] == job_id and calls[1]["status"] == "COMPLETED"
+        assert calls[1]["output"]["echo"] == {"w": 1}
+    finally:
+        await runner.cleanup()
