@@ -17,7 +17,8 @@ from collections.abc import Callable
 from importlib import resources
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
+from prometheus_client.registry import Collector
 
 from .cost import CostMeter
 from .history import CHARTS, STEP, History, Reading, Sampler
@@ -42,7 +43,7 @@ class Dashboard:
     def __init__(
         self,
         pool: WorkerPool,
-        requests: Counter,
+        requests: Collector,
         queue_wait: Histogram,
         meter: CostMeter,
         workers_by_state: Callable[[], tuple[int, int, dict[str, int]]],

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 REQUESTS = "lbproxy_requests"
@@ -85,6 +86,41 @@ class _CostCounters(Collector):
         return [s, d, r, c, capped]
 
 
+class RequestCounts(Collector):
+    """``lbproxy_requests_total{code}`` and ``lbproxy_request_duration_seconds``, kept as plain numbers.
+
+    They change on every request, from the event loop thread only, and are read there too (the admin port
+    runs on the same loop): prometheus_client's children take a lock and several calls per change, a third of
+    a request's bookkeeping. Exposed exactly as a Counter and a Histogram would be.
+    """
+
+    def __init__(self, endpoint: str, buckets: tuple[float, ...]) -> None:
+        self.endpoint = endpoint
+        self.bounds = buckets
+        self.by_code: dict[int, int] = {}
+        self.counts = [0] * (len(buckets) + 1)  # the last one: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, status: int, seconds: float) -> None:
+        by_code = self.by_code
+        by_code[status] = by_code.get(status, 0) + 1
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def collect(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
+        c = CounterMetricFamily(REQUESTS, "Requests answered, by status code.", labels=["endpoint", "code"])
+        for code, n in sorted(self.by_code.items()):
+            c.add_metric([self.endpoint, str(code)], n)
+        h = HistogramMetricFamily(REQUEST_SECONDS, "Time from request to the end of the response.",
+                                  labels=["endpoint"])
+        cumulative, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            cumulative.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        h.add_metric([self.endpoint], cumulative, self.total)
+        return [c, h]
+
+
 class Metrics:
     """All of lbproxy's metrics, in a registry of their own (several endpoints can share a process)."""
 
@@ -92,10 +128,8 @@ class Metrics:
         self.endpoint = endpoint
         self.registry = CollectorRegistry()
         labels = ["endpoint"]
-        self.requests = Counter(REQUESTS, "Requests answered, by status code.", [*labels, "code"],
-                                registry=self.registry)
-        self.request_seconds = Histogram(REQUEST_SECONDS, "Time from request to the end of the response.",
-                                         labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.requests = RequestCounts(endpoint, _LATENCY_BUCKETS)
+        self.registry.register(self.requests)
         self.queue_wait = Histogram(QUEUE_WAIT_SECONDS, "Time requests waited for a free worker.",
                                     labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.cold_start = Histogram(COLD_START_SECONDS, "Time from a worker's start to its first /ping 200.",
@@ -104,8 +138,7 @@ class Metrics:
                                     [*labels, "direction", "reason"], registry=self.registry)
         self.worker_exits = Counter(WORKER_EXITS, "Workers that exited without being asked to.",
                                     labels, registry=self.registry)
-        self._code_counters: dict[int, Counter] = {}
-        self._latency = self.request_seconds.labels(endpoint)
+        self.observe_request = self.requests.observe  # (status, seconds): the request path's one call
         self._wait = self.queue_wait.labels(endpoint)
 
     def watch(self, read: Callable[[], tuple[int, int, dict[str, int]]], leading: Callable[[], bool]) -> None:
@@ -113,13 +146,6 @@ class Metrics:
 
     def watch_cost(self, read: Callable[[], CostRows], capped: Callable[[], bool]) -> None:
         self.registry.register(_CostCounters(self.endpoint, read, capped))
-
-    def observe_request(self, status: int, seconds: float) -> None:
-        child = self._code_counters.get(status)
-        if child is None:
-            child = self._code_counters[status] = self.requests.labels(self.endpoint, str(status))
-        child.inc()
-        self._latency.observe(seconds)
 
     def observe_wait(self, seconds: float) -> None:
         self._wait.observe(seconds)
