@@ -50,6 +50,17 @@ def test_a_worker_is_billed_until_it_has_stopped_rounded_up_to_the_second() -> N
     assert o.end == 17.25
 
 
+def test_the_unbilled_part_of_a_cold_start_delays_the_bill_not_the_ready() -> None:
+    # As the first case with the backend reporting the worker 1 s after the decision (a process spawn): ready
+    # still at 10 (the wait is 10 s), billed from 1 to 17: 16 s, 9 of them starting.
+    cfg = parse_config({"name": "sim", "workers": {"active": 0, "max": 1, "concurrency": 1},
+                        "timeouts": {"idle": "5s"}, "cost": {"price_per_second": 1.0}}, environ={})
+    model = Model(parse_cold_start("10s"), unbilled=parse_cold_start("1s"))
+    o = simulate(cfg, Trace("hand", [0.0], [2.0], 0.0), model)
+    assert list(o.waits) == [10.0] and o.cold_starts == 1
+    assert phases(o) == {"total": 16.0, "start": 9.0, "busy": 2.0, "idle": 5.0, "stopping": 0.0}
+
+
 def test_two_overlapping_requests_with_concurrency_1_take_turns_on_one_worker() -> None:
     # A at 0 and B at 1, 4 s each, one worker (max 1) starting at 0, ready at 2: A from 2 to 6 (waited 2),
     # B from 6 to 10 (waited 5). Idle from 10, drained at 15.

@@ -62,6 +62,11 @@ class Model:
     stop_time: float = 0.0  # from "stop" to gone (SIGTERM to exit; a pod's termination)
     seed: int = 0  # routing's ties and random cold starts
     record: bool = True  # keep the workers/queue series (for plots)
+    # The first part of each cold start, before the backend reports the worker: ``lbproxy serve`` bills a
+    # worker, and times its start, from then on (the local backend's process spawn). None: from the decision.
+    # bench/sim_vs_real.py replays a real run's own, worker by worker.
+    unbilled: ColdStart | None = None
+    stop_times: ColdStart | None = None  # each worker's own stop time, by start order (seq): in place of stop_time
 
 
 @dataclass(eq=False, slots=True)
@@ -76,6 +81,7 @@ class _Worker:
     idle_since: float | None = None
     ready_at: float | None = None
     rank: int = 0
+    number: int = 0  # started n-th (0-based): the index of its cold start and stop time
 
 
 @dataclass(slots=True)
@@ -138,7 +144,7 @@ class _Endpoint:
         """A new worker (``warm``: already up when the trace starts, one of ``workers.active``)."""
         wid = f"w{self.started + 1}"
         self.started += 1
-        w = _Worker(wid, _READY if warm else _STARTING, now, now)
+        w = _Worker(wid, _READY if warm else _STARTING, now, now, number=self.started - 1)
         self.workers[wid] = w
         self.counts.peak_workers = max(self.counts.peak_workers, len(self.workers))
         if warm:
@@ -146,8 +152,14 @@ class _Endpoint:
             self.ledger.open(wid, self.category, now, Phase.IDLE, cold_start=False)
             self.ready = (*self.ready, w)
         else:
-            self.ledger.open(wid, self.category, now)
             cold = self.model.cold_start.sample(self.cold_rng, self.started - 1)
+            unbilled = self.model.unbilled
+            lead = min(cold, unbilled.sample(self.cold_rng, self.started - 1)) if unbilled is not None else 0.0
+            if lead > 0:  # known to the pool (and billed) only once the backend has it, as serve does
+                w.started_at = w.since = now + lead
+                self.events.push(now + lead, Order.WORKER, (w, None))
+            else:
+                self.ledger.open(wid, self.category, now)
             self.events.push(now + cold, Order.WORKER, (w, _READY))
         self.changed_now(now)
 
@@ -181,7 +193,9 @@ class _Endpoint:
 
     def stop(self, w: _Worker, now: float) -> None:
         self.set_state(w, _STOPPING, now)
-        self.events.push(now + self.model.stop_time, Order.WORKER, (w, _EXITED))
+        stops = self.model.stop_times
+        took = self.model.stop_time if stops is None else stops.sample(self.cold_rng, w.number)
+        self.events.push(now + took, Order.WORKER, (w, _EXITED))
 
     # -- requests --------------------------------------------------------------------------------------
 
@@ -385,7 +399,10 @@ class _Endpoint:
             elif order == _WORKER:
                 assert isinstance(payload, tuple)
                 w, state = payload
-                if state is _EXITED or w.state is _STARTING:  # a worker stopped before its ready time stays so
+                if state is None:  # the backend reports the worker (Model.unbilled): billed from now on
+                    if w.state is not _EXITED:
+                        self.ledger.open(w.id, self.category, now)
+                elif state is _EXITED or w.state is _STARTING:  # a worker stopped before its ready time stays so
                     self.set_state(w, state, now)
             elif order == _TIMEOUT:
                 self.time_out(now)
