@@ -2,14 +2,20 @@
 itself measured, and simulate the same traffic; used by tests/test_simulate_real.py and bench/simulate.py.
 
 What the real run measured comes from lbproxy only: its JSON log (``log.format: json``, ``log.access: true``)
-gives every request's queue wait and, from the lines ``worker W started``, ``worker W ready after``,
-``scale down: draining worker W`` and ``worker W (pid P) exited``, each worker's cold start and stop time; its
-admin ``/status`` cost block gives the billed worker-seconds and dollars.
+gives every request's queue wait and, from the lines ``scale up: starting N``, ``worker W started``, ``worker W
+ready after``, ``scale down: draining worker W`` and ``worker W (pid P) exited``, each worker's cold start and
+stop time; its admin ``/status`` cost block gives the billed worker-seconds and dollars.
 
 The prediction is robust on a loaded machine because it is fed what the machine really did, not what was asked
 of it: the arrivals and service times are the access log's (``lbproxy simulate`` reads it as a trace), the cold
-starts are the ones the run had, worker by worker in start order (``seq(...)``), and the stop time is the run's
-mean. What is left to compare is the model itself: the queue, the controller's decisions, the drains and the bill.
+starts are the ones the run had, worker by worker in start order (``seq(...)``), from the decision to start a
+worker to its ready, with the process spawn (decision to ``started``: 40-140 ms on a loaded machine, unbilled, as
+lbproxy bills) as ``Model.unbilled``, and each worker's own stop time (``Model.stop_times``: 0.1-0.6 s under
+load, and a bill is rounded up to the second per worker, so a mean flipped a worker's last second now and then).
+Measured from ``started`` instead, every simulated wait came out one spawn shorter, and a worker ready just
+before ``scaling.queue_delay`` in the simulator but just after it in the real run started one worker more on
+one side only. What is left to compare is the model itself: the queue, the controller's decisions, the drains
+and the bill.
 """
 
 from __future__ import annotations
@@ -94,8 +100,9 @@ class RealRun:
     worker_seconds: float
     cost_dollars: float
     waits: list[float]  # sorted
-    cold_starts: list[float]  # per worker, in start order
-    stop_times: list[float]
+    cold_starts: list[float]  # per worker, in start order: from the decision to start it to its ready
+    spawns: list[float]  # of which, before the backend reported it (unbilled: lbproxy bills from then on)
+    stop_times: list[float]  # per worker drained, in start order
     statuses: dict[int, int]
 
     def figures(self) -> dict[str, float]:
@@ -123,25 +130,33 @@ def measure(log: str, status: Mapping[str, Any]) -> RealRun:
         if d.get("logger") == "lbproxy.access":
             statuses[int(d["status"])] = statuses.get(int(d["status"]), 0) + 1
     started: dict[str, float] = {}
+    decided: dict[str, float] = {}  # when the controller decided to start the worker
+    pending: list[float] = []  # the decision times of starts not yet seen in the log, oldest first
     ready: dict[str, float] = {}
     draining: dict[str, float] = {}
-    stops: list[float] = []
+    stops: dict[str, float] = {}
     for d in lines:
         words = str(d.get("message", "")).split()
         if len(words) < 3 or words[0] not in ("worker", "scale"):
             continue
         ts = float(d["ts"])
-        if words[0] == "worker" and words[2] == "started:":
+        if words[:3] == ["scale", "up:", "starting"]:
+            pending += [ts] * int(words[3])
+        elif words[0] == "worker" and words[2] == "started:":
             started[words[1]] = ts
+            decided[words[1]] = pending.pop(0) if pending else ts
         elif words[0] == "worker" and words[2:4] == ["ready", "after"]:
             ready[words[1]] = ts
         elif words[:4] == ["scale", "down:", "draining", "worker"]:
             draining[words[4]] = ts
         elif words[0] == "worker" and words[2].startswith("(pid") and "exited:" in words and words[1] in draining:
-            stops.append(ts - draining[words[1]])
-    colds = [ready[w] - t for w, t in sorted(started.items(), key=lambda kv: kv[1]) if w in ready]
+            stops[words[1]] = ts - draining[words[1]]
+    order = [w for w, _ in sorted(started.items(), key=lambda kv: kv[1]) if w in ready]
+    colds = [ready[w] - decided[w] for w in order]
+    spawns = [started[w] - decided[w] for w in order]
     cost = status["cost"]
-    return RealRun(log, float(cost["total_seconds"]), float(cost["total_dollars"]), waits, colds, stops, statuses)
+    return RealRun(log, float(cost["total_seconds"]), float(cost["total_dollars"]), waits, colds, spawns,
+                   [stops[w] for w in order if w in stops], statuses)
 
 
 def predict(config: Mapping[str, Any], real: RealRun) -> Outcome:
@@ -156,9 +171,13 @@ def predict_nominal(config: Mapping[str, Any], spec: str, real: RealRun) -> Outc
 
 
 def model_of(real: RealRun) -> Model:
-    colds = real.cold_starts or [COLD_START]
-    cold: ColdStart = parse_cold_start("seq(" + ",".join(f"{c:.6f}" for c in colds) + ")")
-    return Model(cold, stop_time=statistics.mean(real.stop_times) if real.stop_times else 0.0)
+    def seq(values: list[float]) -> ColdStart:
+        return parse_cold_start("seq(" + ",".join(f"{v:.6f}" for v in values) + ")")
+    stopped_all = bool(real.stop_times) and len(real.stop_times) == len(real.cold_starts)
+    return Model(seq(real.cold_starts or [COLD_START]),
+                 stop_time=statistics.mean(real.stop_times) if real.stop_times else 0.0,
+                 unbilled=seq(real.spawns) if real.spawns else None,
+                 stop_times=seq(real.stop_times) if stopped_all else None)
 
 
 def sim_figures(o: Outcome) -> dict[str, float]:
