@@ -1,4 +1,5 @@
-"""The ``lbproxy`` command: ``serve CONFIG``, ``check CONFIG``, ``--version``.
+"""The ``lbproxy`` command: ``serve CONFIG``, ``check CONFIG``, ``render CONFIG``, ``simulate CONFIG``,
+``--version``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 invalid config (one line per problem, naming the key).
 """
@@ -15,6 +16,7 @@ from typing import Any
 from . import __version__
 from .checks import backend_problems, notices, risk_warnings
 from .config import Config, ConfigError, load_config
+from .simulate.command import add_arguments as simulate_arguments
 
 EXIT_INVALID = 2
 
@@ -107,11 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_check.add_argument("config", metavar="CONFIG")
     p_render = sub.add_parser("render", help="print the kubernetes worker manifests for CONFIG")
     p_render.add_argument("config", metavar="CONFIG")
+    simulate_arguments(sub.add_parser("simulate", help="replay a trace through CONFIG's scaling on a virtual clock"))
     args = parser.parse_args(argv)
     if args.command == "check":
         return cmd_check(args.config)
     if args.command == "render":
         return cmd_render(args.config)
+    if args.command == "simulate":
+        from .simulate.command import run
+
+        return run(args)
     return cmd_serve(args.config, args.log_level)
 
 

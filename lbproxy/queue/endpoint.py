@@ -24,8 +24,9 @@ from ..controller import Controller, Prober
 from ..health import HealthProber
 from ..metrics import Metrics
 from ..policy import WorkerState
+from ..policy_settings import scaling_settings
 from ..pool import WorkerPool
-from ..server import BindError, _start_site, _url, bind, scaling_settings
+from ..server import BindError, _start_site, _url, bind
 from .client_api import ClientApi
 from .http_delivery import HttpDelivery
 from .locations import store_path
