@@ -24,4 +24,9 @@ python3 -m venv .venv
 .venv/bin/python -m ruff check lbproxy tests examples
 .venv/bin/python -m mypy lbproxy
 .venv/bin/lint-imports  # the layers (.importlinter): pure decisions, one kubernetes wrapper, the request path
-exec .venv/bin/python -m pytest -q "$@"
+# The runpod SDK's own venv for the queue tests (.cache/, built once): outside pytest, so that the build is
+# not counted against a test's timeout.
+.venv/bin/python tests/queue/sdk_venv.py >/dev/null
+# Two test processes (pytest-xdist): the tests mostly wait on the processes they start. Each gets its own
+# block of loopback ports (tests/conftest.py). LBPROXY_TEST_PROCESSES=0 runs them in this process.
+exec .venv/bin/python -m pytest -q -n "${LBPROXY_TEST_PROCESSES:-2}" "$@"

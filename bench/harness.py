@@ -105,7 +105,7 @@ class Harness:
                 self.log_problems[LOG_STAMP.sub("", line.strip())] += 1
 
     def start_stack(self, name: str, worker: stacks.WorkerKind) -> Stack:
-        lb = stacks.start_lbproxy(self.procs, self.tmp, f"lbproxy-{name}", worker)
+        lb = stacks.start_lbproxy(self.procs, self.tmp, f"lbproxy-{name}", worker, access_log=self.args.access_log)
         stack = Stack(lb, [])
         try:
             for peer, path in self.peer_paths.items():

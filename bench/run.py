@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--no-{name}", action="store_true", help=f"run as if {name} were not installed")
     p.add_argument("--no-wrk", action="store_true", help="use the Python load generator even if wrk is installed")
     p.add_argument("--no-picows", action="store_true", help="run as if picows were not installed (no ws_echo)")
+    p.add_argument("--access-log", action="store_true",
+                   help="lbproxy writes its access log (log.access: true) to its log file: what the log costs")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     p.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (kept anyway on failure)")
     p.add_argument("--install", action="store_true", help="install what is missing first: nginx, wrk, haproxy and "

@@ -118,7 +118,8 @@ class Lbproxy:
 
 
 def start_lbproxy(
-    procs: Processes, tmp: Path, name: str, worker: WorkerKind, *, active: int = 1, wait_ready: bool = True
+    procs: Processes, tmp: Path, name: str, worker: WorkerKind, *, active: int = 1, wait_ready: bool = True,
+    access_log: bool = False,
 ) -> Lbproxy:
     """``lbproxy serve`` on free loopback ports with one local worker (``workers.max: 1``), pinned."""
     port, admin_port = free_port(), free_port()
@@ -131,6 +132,8 @@ def start_lbproxy(
         "timeouts": {"idle": "1h", "execution": "1h", "wait": "60s", "init": "60s", "shutdown": "2s"},
         "worker": {"command": list(worker.command), "env": worker.env, "stop_grace": "3s"},
     }
+    if access_log:  # a line per request into lbproxy's log file (bench --access-log: what the log costs)
+        config["log"] = {"access": True}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     proc = procs.start([str(LBPROXY), "serve", str(path)], name=name, cpu=procs.server_cpu)

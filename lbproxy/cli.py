@@ -1,5 +1,5 @@
-"""The ``lbproxy`` command: ``serve CONFIG``, ``check CONFIG``, ``render CONFIG``, ``queue migrate CONFIG``,
-``--version``.
+"""The ``lbproxy`` command: ``serve CONFIG``, ``check CONFIG``, ``render CONFIG``, ``simulate CONFIG``,
+``queue migrate CONFIG``, ``--version``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 invalid config (one line per problem, naming the key).
 """
@@ -16,6 +16,7 @@ from typing import Any
 from . import __version__
 from .checks import backend_problems, notices, risk_warnings
 from .config import Config, ConfigError, load_config
+from .simulate.command import add_arguments as simulate_arguments
 
 EXIT_INVALID = 2
 
@@ -122,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_check.add_argument("config", metavar="CONFIG")
     p_render = sub.add_parser("render", help="print the kubernetes worker manifests for CONFIG")
     p_render.add_argument("config", metavar="CONFIG")
+    simulate_arguments(sub.add_parser("simulate", help="replay a trace through CONFIG's scaling on a virtual clock"))
     p_queue = sub.add_parser("queue", help="queue endpoints' job store")
     queue_sub = p_queue.add_subparsers(dest="queue_command", required=True)
     p_migrate = queue_sub.add_parser("migrate", help="create or migrate the PostgreSQL job store's schema")
@@ -133,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_check(args.config)
     if args.command == "render":
         return cmd_render(args.config)
+    if args.command == "simulate":
+        from .simulate.command import run
+
+        return run(args)
     return cmd_serve(args.config, args.log_level)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .backends.base import Backend, StartFailed, WorkerAddress
+from .control_timing import TICK, fails_fast, next_decision_in, start_backoff
 from .health import HealthProber
 from .metrics import Metrics
 from .policy import Decision, PeerLoad, ScalingSettings, Snapshot, WorkerState, decide, merge_peer_load
@@ -23,14 +24,7 @@ from .pool import Worker, WorkerPool
 
 log = logging.getLogger("lbproxy.controller")
 
-TICK = 1.0
 PEER_POLL = 0.1  # how often a drained worker's in-flight count on the other replicas is looked at again
-BACKOFF_FIRST = 1.0
-BACKOFF_MAX = 60.0
-# Failed starts in a row after which requests no ready worker can take fail at once (503 with the reason)
-# during the back-off, instead of waiting timeouts.wait for a worker that keeps failing. One failure is
-# retried with the requests still waiting: it may have been a fluke.
-FAIL_FAST_AFTER = 2
 
 
 class Prober(Protocol):
@@ -147,7 +141,7 @@ class Controller:
             return
         why = f"workers are failing to start ({self.failed_starts} in a row): {self.last_failure}"
         self.pool.set_trouble(why, self.blocked_until,
-                              fail_fast=self.failed_starts >= FAIL_FAST_AFTER and self.clock() < self.blocked_until)
+                              fail_fast=fails_fast(self.failed_starts, self.clock(), self.blocked_until))
 
     def _start_failed(self, why: str, worker_id: str | None = None) -> None:
         """One more failed start; a worker counts once, however many ways it fails (never ready, then its stop
@@ -157,7 +151,7 @@ class Controller:
                 return
             self._failed_workers.add(worker_id)
         self.failed_starts += 1
-        delay = min(BACKOFF_FIRST * 2 ** (self.failed_starts - 1), BACKOFF_MAX)
+        delay = start_backoff(self.failed_starts)
         self.blocked_until = self.clock() + delay
         self.last_failure = why
         self.start_failures.append({"at": time.time(), "reason": why})
@@ -183,8 +177,7 @@ class Controller:
                 if decision.changes_anything:
                     await self._apply(decision)
                 self._tell_pool()
-                wait = TICK if decision.recheck_after is None else min(TICK, max(decision.recheck_after, 0.01))
-                await self._changed_or_slept(changed, wait)
+                await self._changed_or_slept(changed, next_decision_in(decision.recheck_after))
         finally:
             self.leading = False
             for task in list(self._tasks):  # drains of a lost leadership: the next leader decides anew

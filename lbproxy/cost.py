@@ -29,7 +29,7 @@ from .config import Config
 from .policy import WorkerState
 from .pool import Worker, WorkerPool
 from .prices import tariff_for
-from .spend import starts_within_limit
+from .spend import starts_allowed
 
 log = logging.getLogger("lbproxy.cost")
 _BUSY = Phase.BUSY  # read on the request path: a module constant is far cheaper than the enum attribute
@@ -140,12 +140,8 @@ class CostMeter:
         Workers accepted but not billed yet (pods not started, starts the backend has not reported) count at
         the price they will have.
         """
-        if self.max_per_hour is None or wanted <= 0:
-            return max(wanted, 0), None
-        unbilled = len(self._unstarted) + pending_starts
-        prices = [p * 3600 for p in self.ledger.next_prices(self.new_category, unbilled + wanted)]
-        committed = self.ledger.rate_per_second() * 3600 + sum(prices[:unbilled])
-        check = starts_within_limit(wanted, committed, prices[unbilled:], self.max_per_hour)
+        check = starts_allowed(self.ledger, self.new_category, wanted, len(self._unstarted) + pending_starts,
+                               self.max_per_hour)
         return check.allowed, check.capped
 
     # -- reports ---------------------------------------------------------------------------------

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .policy import Snapshot, WorkerState, WorkerView
-from .routing import choose_worker
+from .routing import COLD_STARTS_KEPT, burst_share, choose_worker
 
 log = logging.getLogger("lbproxy.pool")
 
@@ -45,7 +44,6 @@ class WorkerGone(Exception):
 
 
 _LEAVING = (WorkerState.DRAINING, WorkerState.STOPPING, WorkerState.EXITED)
-COLD_STARTS_KEPT = 8  # recent cold-start durations, for the expected start time of workers still starting
 
 
 @dataclass(eq=False, slots=True)
@@ -393,27 +391,18 @@ class WorkerPool:
 
     def _share(self) -> int:
         """Slots per ready worker for this dispatch: ``concurrency``, or during a cold start less while other
-        workers started for the queue are still starting (its fair share of what is queued and in flight), so
-        that the first worker ready does not take the whole burst while the others, paid for too, get none.
-
-        A starting worker counts while it is expected soon: for up to twice the longest recent cold start (plus
-        1 s). One that takes longer (stuck, unschedulable) holds nobody back; a timer dispatches again then.
-        """
+        workers started for the queue are still starting (``routing.burst_share``); a timer dispatches again
+        when a worker that was expected soon no longer is."""
         limit = self.concurrency
         if not self._burst or not self._ready:
             return limit
         now = self.clock()
-        expected = self.expected_cold_start() or 0.0
-        horizon = 2 * expected + 1.0
-        soon = [w.started_at + horizon for w in self.workers.values()
-                if w.state is WorkerState.STARTING and now - w.started_at < horizon]
-        if not soon:
-            return limit
-        if self._redispatch is None:
-            self._redispatch = asyncio.get_running_loop().call_later(max(0.01, min(soon) - now), self.redispatch)
+        starting = [w.started_at for w in self.workers.values() if w.state is WorkerState.STARTING]
         demand = sum(w.in_flight for w in self._ready) + len(self._waiters) - self._strict_waiting
-        share = max(1, math.ceil(demand / (len(self._ready) + len(soon))))
-        return share if limit == 0 else min(limit, share)
+        share, again = burst_share(limit, len(self._ready), demand, starting, now, self.expected_cold_start())
+        if again is not None and self._redispatch is None:
+            self._redispatch = asyncio.get_running_loop().call_later(max(0.01, again - now), self.redispatch)
+        return share
 
     def _dispatch(self) -> None:
         """Hand free slots to waiters, oldest first."""

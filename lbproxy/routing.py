@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 
@@ -18,6 +19,7 @@ class Routable(Protocol):
 W = TypeVar("W", bound=Routable)
 
 STRICT = "strict"
+COLD_STARTS_KEPT = 8  # recent cold-start durations: the longest is the expected start time (see burst_share)
 
 
 def parse_affinity(value: str | None) -> tuple[str | None, bool]:
@@ -77,3 +79,29 @@ def choose_worker(
             if rand(ties) == 0:  # reservoir sampling: each tied worker is kept with probability 1/ties
                 best_w = w
     return best_w
+
+
+def burst_share(
+    concurrency: int,
+    ready: int,
+    demand: int,
+    starting_since: Iterable[float],
+    now: float,
+    expected_cold_start: float | None,
+) -> tuple[int, float | None]:
+    """Slots per ready worker for one dispatch during a cold start (requests queued while no worker was ready,
+    until the queue is empty again), and when to dispatch again (None: no need).
+
+    ``concurrency`` (0: unlimited), or less while other workers started for the queue are still starting: each
+    ready worker takes its fair share of ``demand`` (queued, plus in flight on the ``ready`` workers), so that
+    the first worker ready does not take the whole burst while the others, paid for too, get none. A starting
+    worker (its start time in ``starting_since``) counts while it is expected soon: for up to twice the longest
+    recent cold start (plus 1 s). One that takes longer (stuck, unschedulable) holds nobody back; the time
+    returned is when the first of them stops counting.
+    """
+    horizon = 2 * (expected_cold_start or 0.0) + 1.0
+    soon = [since + horizon for since in starting_since if now - since < horizon]
+    if not soon:
+        return concurrency, None
+    share = max(1, math.ceil(demand / (ready + len(soon))))
+    return (share if concurrency == 0 else min(concurrency, share)), min(soon)

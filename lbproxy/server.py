@@ -30,26 +30,13 @@ from .health import HealthProber
 from .leadership import lead
 from .metrics import Metrics
 from .paths import endpoint_file
-from .policy import ScalingSettings
+from .policy_settings import scaling_settings
 from .pool import WorkerPool
 from .proxy.settings import ProxySettings
 from .proxy.site import ProxyServer
 from .reload import changes
 
 log = logging.getLogger("lbproxy")
-
-
-def scaling_settings(config: Config) -> ScalingSettings:
-    return ScalingSettings(
-        active=config.workers.active,
-        max=config.workers.max,
-        concurrency=config.workers.concurrency,
-        strategy=config.scaling.strategy,
-        queue_delay=config.scaling.queue_delay,
-        requests_per_worker=config.scaling.requests_per_worker,
-        idle_timeout=config.timeouts.idle,
-        init_timeout=config.timeouts.init,
-    )
 
 
 def _url(host: str, port: int) -> str:

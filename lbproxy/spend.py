@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["SpendCheck", "starts_within_limit"]
+from .billing import Ledger
+
+__all__ = ["SpendCheck", "starts_allowed", "starts_within_limit"]
 
 _SLACK = 1e-9  # prices are floats: a rate exactly at the limit is within it
 
@@ -43,3 +45,15 @@ def starts_within_limit(
             return SpendCheck(i, why)
         rate += price
     return SpendCheck(wanted)
+
+
+def starts_allowed(ledger: Ledger, category: str, wanted: int, unbilled: int, limit_per_hour: float | None
+                   ) -> SpendCheck:
+    """How many of ``wanted`` new workers of ``category`` keep the hourly rate of ``ledger``'s open workers within
+    the limit. ``unbilled``: workers accepted but not billed yet (pods not started, starts the backend has not
+    reported); they count at the price they will have, and take the cheaper active-tier places first."""
+    if limit_per_hour is None or wanted <= 0:
+        return SpendCheck(max(wanted, 0))
+    prices = [p * 3600 for p in ledger.next_prices(category, unbilled + wanted)]
+    committed = ledger.rate_per_second() * 3600 + sum(prices[:unbilled])
+    return starts_within_limit(wanted, committed, prices[unbilled:], limit_per_hour)

@@ -58,10 +58,41 @@ async def _tasks_left_check() -> AsyncIterator[None]:
     pytest.fail(message, pytrace=False)
 
 
+def _port_block() -> range:
+    """This test process's own ports: below the kernel's ephemeral range, one block per xdist worker.
+
+    A port from ``bind(0)`` is ephemeral: any outgoing connection, or another test process, can take it
+    between our probe and the server's bind. Ports below the ephemeral range are never handed out by the
+    kernel, and each pytest-xdist worker (``PYTEST_XDIST_WORKER=gwN``) counts through its own block.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    start = max(1024, low - 12000)
+    size = (low - start) // max(count, 1)
+    return range(start + index * size, start + (index + 1) * size)
+
+
+_PORTS = _port_block()
+_next_port = [int(time.time()) % len(_PORTS)]  # a new start per run: a port a dead run left in TIME_WAIT is skipped
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port no other test (or xdist worker) is given, free at the time of the call."""
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port[0] % len(_PORTS)]
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {_PORTS}")
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -24,14 +24,10 @@ import aiohttp
 import httpx
 import pytest
 
+from .conftest import free_port
+
 ECHO_PY = Path(__file__).resolve().parent.parent / "examples" / "workers" / "echo.py"
 DEADLINE = 10.0  # seconds any single wait may take before the test fails
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lbproxy.routing import choose_worker, parse_affinity
+from lbproxy.routing import burst_share, choose_worker, parse_affinity
 
 
 @dataclass(frozen=True)
@@ -187,3 +187,16 @@ def test_above_sixteen_workers_the_preferred_worker_still_wins() -> None:
 ])
 def test_parse_affinity(value: str | None, expected: tuple[str | None, bool]) -> None:
     assert parse_affinity(value) == expected
+
+
+def test_burst_share_splits_the_queue_among_ready_and_soon_ready_workers() -> None:
+    # 1 ready worker, 1 started 1 s ago (cold starts take 2 s): 7 requests waiting -> 4 each, and look again
+    # when the starting one is no longer expected (2 * 2 + 1 = 5 s after its start).
+    assert burst_share(8, 1, 7, [9.0], now=10.0, expected_cold_start=2.0) == (4, 14.0)
+    assert burst_share(2, 1, 7, [9.0], now=10.0, expected_cold_start=2.0) == (2, 14.0)  # never above concurrency
+    assert burst_share(0, 1, 7, [9.0], now=10.0, expected_cold_start=2.0) == (4, 14.0)  # 0: unlimited
+
+
+def test_burst_share_ignores_a_worker_starting_far_longer_than_expected() -> None:
+    assert burst_share(8, 1, 7, [0.0], now=10.0, expected_cold_start=2.0) == (8, None)
+    assert burst_share(8, 1, 7, [], now=10.0, expected_cold_start=None) == (8, None)

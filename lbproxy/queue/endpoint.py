@@ -26,8 +26,9 @@ from ..health import HealthProber
 from ..leadership import lead
 from ..metrics import Metrics
 from ..policy import WorkerState
+from ..policy_settings import scaling_settings
 from ..pool import WorkerPool
-from ..server import BindError, _start_site, _url, bind, scaling_settings
+from ..server import BindError, _start_site, _url, bind
 from .client_api import ClientApi
 from .http_delivery import HttpDelivery
 from .sdk_env import worker_env

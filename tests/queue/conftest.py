@@ -1,19 +1,17 @@
 """Queue endpoint fixtures: the real ``runpod`` SDK (pinned) in a virtualenv of its own, built once.
 
 The SDK cannot share lbproxy's environment (through botocore it pins python-dateutil < 3, which kubernetes
-37 refuses), as a user's worker image has its own environment too. The venv lives in the repository's
-gitignored ``.cache/`` so reruns are fast and a fresh clone builds it once. Every SDK process gets
-RUNPOD_SKIP_AUTO_SYSTEM_CHECKS=true: its fitness check would otherwise connect to a public DNS server.
+37 refuses), as a user's worker image has its own environment too: ``sdk_venv.py`` builds it once. Every SDK
+process gets RUNPOD_SKIP_AUTO_SYSTEM_CHECKS=true: its fitness check would otherwise connect to a public DNS
+server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -22,33 +20,18 @@ from typing import Any
 import httpx
 import pytest
 
-from ..conftest import ROOT, Endpoint, deep_merge, until
+from ..conftest import Endpoint, deep_merge, until
+from . import sdk_venv
 
-RUNPOD_VERSION = "1.12.0"
-VENV = ROOT / ".cache" / f"runpod-{RUNPOD_VERSION}"
 HERE = Path(__file__).resolve().parent
 SDK_WORKER = HERE / "sdk_worker.py"
 SDK_CLIENT = HERE / "sdk_client.py"
 SAFE_ENV = {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "RUNPOD_SKIP_GPU_CHECK": "true"}
 
 
-def _build_venv() -> Path:
-    python = VENV / "bin" / "python"
-    done = VENV / ".complete"
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    with open(VENV.parent / f".runpod-{RUNPOD_VERSION}.lock", "w") as lock:  # parallel test runs build it once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-            subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                            f"runpod=={RUNPOD_VERSION}"], check=True)
-            done.write_text(RUNPOD_VERSION)
-    return python
-
-
 @pytest.fixture(scope="session")
 def runpod_python() -> Path:
-    return _build_venv()
+    return sdk_venv.build()
 
 
 def queue_config(python: Path, kind: str = "sync", env: dict[str, str] | None = None,
