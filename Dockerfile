@@ -18,12 +18,12 @@ ARG VENV=/opt/lbproxy
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY lbproxy/ lbproxy/
-# The kubernetes extra is the official client the kubernetes backend needs, the fast extra uvloop;
-# no test or dev tools.
-RUN python -m pip wheel --wheel-dir "$WHEELS" ".[kubernetes,fast]"
+# The kubernetes extra is the official client the kubernetes backend needs, the fast extra uvloop, the
+# postgres extra asyncpg (the chart's queue endpoints on PostgreSQL); no test or dev tools.
+RUN python -m pip wheel --wheel-dir "$WHEELS" ".[kubernetes,fast,postgres]"
 # A virtualenv without pip: the runtime image gets lbproxy and its dependencies only.
 RUN python -m venv --without-pip "$VENV" \
- && python -m pip --python "$VENV/bin/python" install --no-index --find-links "$WHEELS" "lbproxy[kubernetes,fast]"
+ && python -m pip --python "$VENV/bin/python" install --no-index --find-links "$WHEELS" "lbproxy[kubernetes,fast,postgres]"
 
 # --- runtime ------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -174,7 +174,8 @@ def test_image_virtualenv_holds_lbproxy_and_only_its_runtime_dependencies(image)
     site = next(image.glob("lib/python3*/site-packages"))
     installed = {_name(d.metadata["Name"]): d for d in metadata.distributions(path=[str(site)])}
     needed: set[str] = set()
-    todo = [Requirement("lbproxy[kubernetes,fast]")]
+    assert {"kubernetes", "uvloop", "asyncpg"} <= set(installed), "the chart's backends and stores run in it"
+    todo = [Requirement("lbproxy[kubernetes,fast,postgres]")]
     while todo:
         req = todo.pop()
         name = _name(req.name)
