@@ -64,9 +64,13 @@ async def test_a_restarted_lbproxy_stops_the_processes_an_earlier_one_left(tmp_p
     workers, guards, children = await _processes(ep, 2)
     later = None
     try:
+        # The guards die too (the worst case): the workers follow them, their children stay. Frozen first, so
+        # that none acts on lbproxy's death (it would stop its whole group) before it is killed itself.
+        for guard in guards:
+            os.kill(guard, signal.SIGSTOP)
         ep.proc.kill()
-        _kill(guards)  # the guards die too (the worst case): the workers follow them, their children stay
         ep.proc.wait(5)
+        _kill(guards)
         await until(lambda: not any(pid_alive(p) for p in workers), 10, "the workers to die with their guards")
         await asyncio.sleep(0)
         assert all(pid_alive(p) for p in children), "the test needs orphans to clean up"
