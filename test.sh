@@ -27,6 +27,8 @@ python3 -m venv .venv
 # The runpod SDK's own venv for the queue tests (.cache/, built once): outside pytest, so that the build is
 # not counted against a test's timeout.
 .venv/bin/python tests/queue/sdk_venv.py >/dev/null
-# Two test processes (pytest-xdist): the tests mostly wait on the processes they start. Each gets its own
-# block of loopback ports (tests/conftest.py). LBPROXY_TEST_PROCESSES=0 runs them in this process.
-exec .venv/bin/python -m pytest -q -n "${LBPROXY_TEST_PROCESSES:-2}" "$@"
+# Two test processes per core (pytest-xdist), at most 8: the tests mostly wait on the processes they start.
+# Each gets its own block of loopback ports (tests/conftest.py); an idle process steals queued tests from a busy
+# one (worksteal), so that a few long tests do not make a tail. LBPROXY_TEST_PROCESSES=0 runs them in this process.
+processes=$(( $(nproc) * 2 > 8 ? 8 : $(nproc) * 2 ))
+exec .venv/bin/python -m pytest -q -n "${LBPROXY_TEST_PROCESSES:-$processes}" --dist worksteal "$@"
