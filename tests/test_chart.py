@@ -761,6 +761,10 @@ def test_proxy_deployment_fits_what_lbproxy_does_on_kubernetes(default_docs):
     assert container["args"][:2] == ["serve", "/etc/lbproxy/config.yaml"]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
     assert mount["mountPath"] == "/etc/lbproxy"
+    # The root filesystem is read-only: the cost totals' state file needs a writable data directory.
+    data = next(m for m in container["volumeMounts"] if m["name"] == "data")
+    assert {"name": "LBPROXY_DATA_DIR", "value": data["mountPath"]} in container["env"]
+    assert next(v for v in spec["volumes"] if v["name"] == "data")["emptyDir"] == {"sizeLimit": "16Mi"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     env = {e["name"]: e for e in container["env"]}

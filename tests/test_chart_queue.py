@@ -79,7 +79,7 @@ def test_sqlite_keeps_its_file_on_a_claim_and_the_proxy_recreated_not_rolled():
     deployment = one(docs, "Deployment", f"{RELEASE}-proxy")
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # never two processes on one SQLite file
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["queue"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     env = {e["name"]: e.get("value") for e in _proxy_container(docs)["env"]}
     assert env["LBPROXY_DATA_DIR"] == "/var/lib/lbproxy"
     postgres = documents(POSTGRES)
