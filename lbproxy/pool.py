@@ -375,7 +375,10 @@ class WorkerPool:
         that scale-down sees it busy and a drain waits for its jobs."""
         if n == w.in_flight:
             return
+        was_busy = bool(w.in_flight)
         w.in_flight = n
+        if bool(n) != was_busy and self._on_busy:
+            self._busy_changed(w)  # billed busy while it holds a job
         if n:
             w.idle_since = None
             return

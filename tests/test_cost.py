@@ -128,6 +128,22 @@ def test_a_worker_serving_several_requests_is_busy_until_the_last_one_ends():
     assert meter.worker("w")["billing_phase"] == "idle"
 
 
+def test_a_queue_worker_is_busy_while_it_holds_jobs_it_pulled_itself():
+    meter, pool, clock = meter_for(config(category="24gb"))
+    w = pool.add("w", "h", 1, 1)
+    pool.set_state(w, WorkerState.READY)
+    clock.now += 1.0
+    pool.set_in_flight(w, 2)  # the SDK took a batch of two jobs through the worker API
+    clock.now += 2.0
+    pool.set_in_flight(w, 1)  # one result posted
+    clock.now += 1.0
+    pool.set_in_flight(w, 0)
+    clock.now += 1.0
+    assert seconds(meter, Phase.BUSY) == pytest.approx(3.0)
+    assert seconds(meter, Phase.IDLE) == pytest.approx(2.0)
+    assert meter.worker("w")["billing_phase"] == "idle"
+
+
 def test_status_and_metric_rows_report_the_bill():
     meter, pool, clock = meter_for(config(category="24gb", max_per_hour=10, workers={"active": 1}))
     w = pool.add("w", "h", 1, 1)

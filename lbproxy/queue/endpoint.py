@@ -22,9 +22,12 @@ from ..backends.local import LocalBackend
 from ..checks import notices
 from ..config import Config
 from ..controller import Controller, Prober
+from ..cost import CostMeter
+from ..dashboard import Dashboard
 from ..health import HealthProber
 from ..leadership import lead
 from ..metrics import Metrics
+from ..paths import endpoint_file
 from ..policy import WorkerState
 from ..policy_settings import scaling_settings
 from ..pool import WorkerPool
@@ -147,6 +150,11 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
     sdk = q.delivery == "sdk"
     prober: Prober | HealthProber = service if sdk else HealthProber(pool, config.worker.health_path)
     controller = Controller(scaling_settings(config), pool, prober, metrics, snapshot=service.snapshot)
+    # Billed as a load balancer's workers are (README "Cost"), busy while they hold a job; subscribed to the pool
+    # before any worker appears.
+    meter = CostMeter(config, pool, lambda wid: backend.describe(wid) if backend is not None else {},
+                      endpoint_file(config.name, "cost.json"))
+    controller.limit_starts = meter.limit_starts
     events = QueueEvents(controller, service)
     try:
         await service.start()
@@ -199,10 +207,13 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
     client = ClientApi(config, service)
     if not client.keys.enabled:
         log.warning("auth.api_keys is empty: the endpoint is open to anyone who can reach %s", config.listen)
-    admin = QueueAdmin(config, pool, controller, metrics.render, backend.describe, lambda: config_notices)
+    admin = QueueAdmin(config, pool, controller, metrics.render, backend.describe, lambda: config_notices,
+                       getattr(backend, "status", None), meter)
     admin.service = service
     admin.store_where = where
+    admin.dashboard = dashboard = Dashboard(pool, metrics.requests, metrics.queue_wait, meter, admin.counts_by_state)
     metrics.watch(admin.counts_by_state, lambda: controller.leading)
+    metrics.watch_cost(meter.metric_rows, lambda: controller.capped_reason is not None)
     client_runner, client_url = await _start_site(client.app(), listen_sock, grace)
     admin_runner, admin_url = await _start_site(admin.app(), admin_sock, grace)
     log.info("queue endpoint %s listening on %s/v2/%s (admin %s, worker API %s, store %s), workers %d..%d, "
@@ -225,7 +236,8 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
     if release is None:
         control = asyncio.create_task(controller.run(backend), name="controller")
     stopping = asyncio.create_task(stop.wait())
-    roots = {control, stopping, *([service.sweeper] if service.sweeper else [])}
+    sampling = asyncio.create_task(dashboard.run(), name="dashboard sampler")
+    roots = {control, stopping, sampling, *([service.sweeper] if service.sweeper else [])}
     if role is not None:
         await asyncio.sleep(0)  # controller.run marks itself leading as it starts: the role says otherwise
         controller.leading = role.leading
@@ -262,6 +274,7 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         await controller.shutdown()
         await asyncio.gather(*stopping_tasks, return_exceptions=True)
         await events.close()
+        await dashboard.close()  # the cost totals, after every local worker stopped
         if isinstance(prober, HealthProber):
             await prober.close()
         await worker_runner.cleanup()
