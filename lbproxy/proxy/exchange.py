@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from time import monotonic
 from typing import Any
 
+from .. import logs
 from ..policy import WorkerState
 from ..pool import NoWorkerInTime, QueueFull, ShuttingDown, Slot, WorkerGone
 from ..routing import parse_affinity
@@ -517,7 +518,7 @@ class Exchange:
         if self.settings.access_log:
             text, fields = access.entry(self.method, self.url, self.status, self.worker_id, self.wait, duration,
                                         self.sent, self.rid)
-            shared.access.info(text, extra={"access": fields})
+            logs.access(text, fields)
         self.conn.exchange_done(self, keep)
 
     def client_lost(self) -> None:

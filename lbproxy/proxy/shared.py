@@ -4,7 +4,6 @@ the moment, the metrics, the access log, and whether the endpoint is closing."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Protocol
 
 from ..metrics import Metrics
@@ -33,7 +32,7 @@ class Connection(Protocol):
 
 
 class Shared:
-    __slots__ = ("_drained", "access", "closing", "connections", "metrics", "pool", "settings", "upstream")
+    __slots__ = ("_drained", "closing", "connections", "metrics", "pool", "settings", "upstream")
 
     def __init__(self, pool: WorkerPool, metrics: Metrics, settings: ProxySettings) -> None:
         self.pool = pool
@@ -41,7 +40,6 @@ class Shared:
         self.settings = settings  # replaced whole on reload: each request reads it once, at its head
         self.upstream = UpstreamPool()
         pool.on_state_change(self.upstream.worker_changed)
-        self.access = logging.getLogger("lbproxy.access")
         self.closing = False
         self.connections: set[Connection] = set()
         self._drained: asyncio.Event | None = None
