@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
 ACCESS_LOGGER = "lbproxy.access"
 
@@ -31,29 +31,34 @@ class TextFormatter(logging.Formatter):
         self.endpoint = endpoint
         self._stamp = (-1, "")  # (unix second, its local time text): one tuple, so threads never see half of it
 
-    def line(self, created: float, level: str, name: str, message: str, fields: dict[str, Any] | None) -> str:
+    def line(self, created: float, msecs: int, level: str, name: str, message: str,
+             fields: dict[str, Any] | None) -> str:
         second = int(created)
         cached, stamp = self._stamp
         if cached != second:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
             self._stamp = (second, stamp)
-        return f"{stamp},{int((created - second) * 1000):03d} {level:<7} {self.endpoint} {name}: {message}"
+        return f"{stamp},{msecs:03d} {level:<7} {self.endpoint} {name}: {message}"
 
     def format(self, record: logging.LogRecord) -> str:
-        text = self.line(record.created, record.levelname, record.name, record.getMessage(), None)
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        if record.stack_info:
-            text += "\n" + self.formatStack(record.stack_info)
+        """As ``logging.Formatter.format``: the traceback (kept in ``exc_text``) and the stack after the line."""
+        text = self.line(record.created, int(record.msecs), record.levelname, record.name, record.getMessage(),
+                         None)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for tail in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if tail:
+                text += tail if text.endswith("\n") else "\n" + tail
         return text
 
 
 class JsonFormatter(TextFormatter):
     """``{"time", "ts", "level", "endpoint", "logger", "message", ...}``; an access line adds its fields."""
 
-    def line(self, created: float, level: str, name: str, message: str, fields: dict[str, Any] | None) -> str:
+    def line(self, created: float, msecs: int, level: str, name: str, message: str,
+             fields: dict[str, Any] | None) -> str:
         out: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int((created % 1) * 1000):03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{msecs:03d}Z",
             "ts": round(created, 6), "level": level.lower(), "endpoint": self.endpoint, "logger": name,
             "message": message,
         }
@@ -66,7 +71,8 @@ class JsonFormatter(TextFormatter):
         extra = dict(fields) if isinstance(fields, dict) else {}
         if record.exc_info:
             extra["exception"] = self.formatException(record.exc_info)
-        return self.line(record.created, record.levelname, record.name, record.getMessage(), extra)
+        return self.line(record.created, int(record.msecs), record.levelname, record.name, record.getMessage(),
+                         extra)
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -79,6 +85,7 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(sys.stderr)
         self.setFormatter(formatter)
         self._pending: list[str] = []
+        self._scheduled: asyncio.AbstractEventLoop | None = None  # the loop that will write the pending lines
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._pending:
@@ -86,21 +93,23 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
     def add(self, line: str) -> None:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop: nothing to wait for
+            loop = None
         with self.lock:  # type: ignore[union-attr]  # (a thread's log line may be writing the batch)
-            pending = self._pending
-            pending.append(line)
-            if len(pending) > 1:
-                return
-            try:
-                asyncio.get_running_loop().call_soon(self.write_pending)
-            except RuntimeError:  # no event loop: nothing to wait for
+            self._pending.append(line)
+            if loop is None:
                 self.write_pending()
+            elif self._scheduled is not loop:  # (a loop closed before its turn came leaves no line behind)
+                self._scheduled = loop
+                loop.call_soon(self.write_pending)
 
     def write_pending(self) -> None:
         if not self._pending:
             return
         with self.lock:  # type: ignore[union-attr]
-            lines, self._pending = self._pending, []
+            lines, self._pending, self._scheduled = self._pending, [], None
             if not lines:
                 return
             try:
@@ -138,12 +147,21 @@ def set_format(fmt: str, endpoint: str) -> None:
         _handler.setFormatter(_formatter(fmt, endpoint))
 
 
+def _direct(handler: _Stderr | None) -> TypeGuard[_Stderr]:
+    """Would ``handler`` alone see an access record, unfiltered? (What ``logging`` would decide, in short.)"""
+    return handler is not None and len(_root.handlers) == 1 and _root.handlers[0] is handler \
+        and not (_access.handlers or _access.filters or _lbproxy.handlers or _lbproxy.filters or handler.filters) \
+        and _access.propagate and _lbproxy.propagate and handler.level <= logging.INFO \
+        and _access.isEnabledFor(logging.INFO)
+
+
 def access(text: str, fields: dict[str, Any]) -> None:
     """One access line. Straight to the handler's batch when it alone would see the line (the usual case);
-    through ``logging`` when something else listens (a handler an embedding program or a test added)."""
+    through ``logging`` when something else listens or filters (an embedding program, a test)."""
     handler = _handler
-    if handler is not None and not _access.handlers and not _lbproxy.handlers and len(_root.handlers) == 1 \
-            and _root.handlers[0] is handler and _access.isEnabledFor(logging.INFO):
-        handler.add(handler.formatter.line(time.time(), "INFO", ACCESS_LOGGER, text, fields))
+    if _direct(handler):
+        created = time.time()
+        handler.add(handler.formatter.line(created, int((created - int(created)) * 1000), "INFO", ACCESS_LOGGER,
+                                           text, fields))
     else:
         _access.info(text, extra={"access": fields})

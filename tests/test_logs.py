@@ -47,6 +47,19 @@ def test_text_lines_are_logging_s_default_form_which_lbproxy_simulate_reads():
         assert logs.TextFormatter("echo").format(record) == reference.format(record)
 
 
+def test_tracebacks_and_stacks_follow_the_line_as_logging_puts_them():
+    reference = logging.Formatter("%(asctime)s %(levelname)-7s echo %(name)s: %(message)s")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    for message in ("failed", "failed\n"):
+        record = logging.LogRecord("lbproxy", logging.ERROR, "", 0, message, (), exc_info, sinfo="Stack (most recent)")
+        assert logs.TextFormatter("echo").format(record) == reference.format(record)
+    rebuilt = logging.makeLogRecord({"msg": "from another process", "exc_text": "Traceback: ..."})
+    assert logs.TextFormatter("echo").format(rebuilt) == reference.format(rebuilt)
+
+
 def test_a_json_line_has_the_access_fields_and_an_exception():
     try:
         raise ValueError("boom")
@@ -112,3 +125,31 @@ def test_without_an_event_loop_a_line_is_written_at_once(stream):
     alone()
     logs.access("now", {})
     assert stream.getvalue().endswith("lbproxy.access: now\n")
+
+
+async def test_a_filter_on_the_access_logger_still_decides(stream):
+    alone()
+    access = logging.getLogger("lbproxy.access")
+    access.addFilter(lambda record: "secret" not in record.getMessage())
+    try:
+        logs.access("GET /secret 200", {})
+        logs.access("GET /public 200", {})
+        await asyncio.sleep(0)
+    finally:
+        access.filters.clear()
+    assert "/secret" not in stream.getvalue() and "lbproxy.access: GET /public 200" in stream.getvalue()
+
+
+def test_a_loop_closed_before_its_turn_leaves_no_line_pending(stream):
+    alone()
+
+    async def log_then_stop() -> None:
+        logs.access("a", {})
+        asyncio.get_running_loop().stop()
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(log_then_stop())
+    loop.run_forever()  # stopped before the turn that writes the line
+    assert task.done()
+    loop.close()
+    logs.access("b", {})  # no loop runs now: written at once, with the one left waiting
+    assert [line.rsplit(": ", 1)[1] for line in stream.getvalue().splitlines()] == ["a", "b"]
