@@ -72,6 +72,10 @@ EVERYTHING: dict[str, Any] = {
         "podDisruptionBudget": {"minAvailable": 2},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
         "serviceMonitor": {"relabelings": [{"targetLabel": "cluster", "replacement": "gpu-1"}]},
+        "networkPolicy": {"proxy": True, "httpFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+                          "adminFrom": [{"namespaceSelector": {"matchLabels": {
+                              "kubernetes.io/metadata.name": "monitoring"}}}],
+                          "workersFrom": [{"podSelector": {"matchLabels": {"role": "debug"}}}]},
     },
 }
 
@@ -226,7 +230,7 @@ def test_every_rendered_document_is_valid_kubernetes(values, namespace, kube):
     assert {"Deployment", "Service", "ConfigMap", "Secret" if values is None else "Role", "ServiceAccount",
             "RoleBinding", "PodDisruptionBudget", "ClusterRole", "Job", "Pod"} <= kinds
     if values == "everything":
-        assert {"Ingress", "ServiceMonitor"} <= kinds
+        assert {"Ingress", "ServiceMonitor", "NetworkPolicy"} <= kinds
 
 
 def test_kubernetes_validate_cli_passes_the_gpu_example(tmp_path):
@@ -696,6 +700,43 @@ def test_chart_falls_back_to_lbproxys_own_defaults():
 
 
 # ----------------------------------------------------------------------------- conventions and the proxy pod
+
+
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items() and not selector.get("matchExpressions")
+
+
+def test_worker_pods_accept_only_the_proxy_pods_and_the_proxy_policy_is_opt_in(default_docs):
+    policy = one(default_docs, "NetworkPolicy", f"{RELEASE}-proxy-workers")
+    assert [d for d in default_docs if d["kind"] == "NetworkPolicy"] == [policy]  # no proxy policy by default
+    config = parse_config(rendered_config(default_docs), environ={})
+    worker_pods = [d["spec"]["template"]["metadata"]["labels"] for d in manifests.render(config)]
+    proxy_pods = one(default_docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    assert worker_pods and all(matches(spec["podSelector"], labels) for labels in worker_pods)
+    assert not matches(spec["podSelector"], proxy_pods)
+    [rule] = spec["ingress"]
+    assert "ports" not in rule  # the worker's port and its health port
+    [peer] = rule["from"]
+    assert set(peer) == {"podSelector"} and matches(peer["podSelector"], proxy_pods)
+    assert not any(matches(peer["podSelector"], labels) for labels in worker_pods)
+
+
+def test_the_proxy_policy_lets_anyone_reach_the_endpoint_and_only_replicas_and_adminfrom_the_admin_port():
+    docs = documents(merged(gpu_values(), EVERYTHING), "llama", "inference")
+    policy = one(docs, "NetworkPolicy", "llama-proxy")
+    proxy_pods = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert matches(policy["spec"]["podSelector"], proxy_pods)
+    rules = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert rules["http"] == EVERYTHING["proxy"]["networkPolicy"]["httpFrom"]
+    replicas, *extra = rules["admin"]
+    assert matches(replicas["podSelector"], proxy_pods) and extra == EVERYTHING["proxy"]["networkPolicy"]["adminFrom"]
+    assert set(rules) == {"http", "admin"}  # a load balancer has no worker API
+    workers = one(docs, "NetworkPolicy", "llama-proxy-workers")["spec"]["ingress"][0]["from"]
+    assert workers[1:] == EVERYTHING["proxy"]["networkPolicy"]["workersFrom"]
+    off = documents(merged(gpu_values(), {"proxy": {"networkPolicy": {"workers": False}}}), "llama", "inference")
+    assert not [d for d in off if d["kind"] == "NetworkPolicy"]
 
 
 def test_everything_carries_the_standard_labels_and_never_the_worker_label():

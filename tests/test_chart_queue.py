@@ -18,6 +18,7 @@ from .test_chart import (
     RELEASE,
     documents,
     install_dry_run,
+    matches,
     notes,
     one,
     rendered_config,
@@ -70,6 +71,22 @@ def test_worker_pods_get_their_key_from_the_chart_s_secret_and_reach_its_worker_
     assert worker_env["RUNPOD_WEBHOOK_PING"]["value"] == (
         f"http://{RELEASE}-proxy-worker-api.default.svc:8081/v2/{RELEASE}/ping/$(RUNPOD_POD_ID)")
     assert secret["data"]["worker-key"] not in str(worker)
+
+
+def test_the_proxy_policy_opens_the_worker_api_to_this_endpoint_s_worker_pods_only():
+    docs = documents({**POSTGRES, "proxy": {**POSTGRES["proxy"], "networkPolicy": {"proxy": True}}})
+    config = parse_config(rendered_config(docs), environ={"LBPROXY_QUEUE_STORE": STORE_URL})
+    (worker,) = manifests.render(config)
+    worker_pod = worker["spec"]["template"]["metadata"]["labels"]
+    proxy_pod = one(docs, "Deployment", f"{RELEASE}-proxy")["spec"]["template"]["metadata"]["labels"]
+    rules = {rule["ports"][0]["port"]: rule.get("from") for rule in
+             one(docs, "NetworkPolicy", f"{RELEASE}-proxy")["spec"]["ingress"]}
+    [peer] = rules["worker-api"]
+    assert matches(peer["podSelector"], worker_pod) and not matches(peer["podSelector"], proxy_pod)
+    assert rules["http"] is None  # from anywhere
+    for version in KUBE_VERSIONS:
+        for doc in docs:
+            validate(doc, version)
 
 
 def test_sqlite_keeps_its_file_on_a_claim_and_the_proxy_recreated_not_rolled():
