@@ -16,6 +16,8 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_log import AccessLogger
 
 from . import logs
 from .admin import Admin
@@ -57,8 +59,12 @@ class BindError(Exception):
     """A listen address lbproxy could not bind; the message is the one line the operator sees."""
 
 
-async def _start_site(app: web.Application, sock: socket.socket, grace: float) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
+async def _start_site(app: web.Application, sock: socket.socket, grace: float,
+                      access_log: type[AbstractAccessLogger] | None = None) -> tuple[web.AppRunner, str]:
+    """Serve ``app`` on ``sock``; ``access_log``: the class that writes its access lines (none: no lines)."""
+    logger = None if access_log is None else logging.getLogger(logs.ACCESS_LOGGER)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=logger,
+                           access_log_class=access_log or AccessLogger)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()

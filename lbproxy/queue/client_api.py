@@ -6,15 +6,29 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
+from .. import logs
 from ..auth import ApiKeys
 from ..config import Config
+from ..proxy import access
 from .answers import accepted_body, health_body, status_body, stream_body
 from .http_errors import Handler, json_answer, json_error, unavailable
 from .jobs import JobState
 from .service import QueueService, new_job_id
 from .store import DuplicateJob, StoreUnavailable
 from .submissions import BadSubmission, parse_submission, runsync_wait
+
+
+class AccessLog(AbstractAccessLogger):
+    """``log.access`` on a queue endpoint: a line per client API request, in the load balancer's form (worker
+    ``-`` and no queue wait: a job waits in the store, and its /status says how long)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        text, fields = access.entry(request.method.encode(), request.raw_path.encode("latin-1", "replace"),
+                                    response.status, b"", 0.0, time, response.body_length,
+                                    request.headers.get("X-Request-Id", "-").encode("latin-1", "replace"))
+        logs.access(text, fields)
 
 
 class ClientApi:

@@ -32,7 +32,7 @@ from ..policy import WorkerState
 from ..policy_settings import scaling_settings
 from ..pool import WorkerPool
 from ..server import BindError, _start_site, _url, bind
-from .client_api import ClientApi
+from .client_api import AccessLog, ClientApi
 from .http_delivery import HttpDelivery
 from .sdk_env import worker_env
 from .service import QueueService
@@ -214,7 +214,8 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
     admin.dashboard = dashboard = Dashboard(pool, metrics.requests, metrics.queue_wait, meter, admin.counts_by_state)
     metrics.watch(admin.counts_by_state, lambda: controller.leading)
     metrics.watch_cost(meter.metric_rows, lambda: controller.capped_reason is not None)
-    client_runner, client_url = await _start_site(client.app(), listen_sock, grace)
+    client_runner, client_url = await _start_site(client.app(), listen_sock, grace,
+                                                  AccessLog if config.log.access else None)
     admin_runner, admin_url = await _start_site(admin.app(), admin_sock, grace)
     log.info("queue endpoint %s listening on %s/v2/%s (admin %s, worker API %s, store %s), workers %d..%d, "
              "delivery %s", config.name, client_url, config.name, admin_url, worker_url, where,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +42,23 @@ async def test_http_delivery_posts_the_job_and_stores_the_json_answer(http_queue
     assert body["status"] == "COMPLETED", body
     assert body["output"]["echo"] == {"p": 1} and body["output"]["id"] == body["id"]
     assert body["output"]["worker"] == body["workerId"]
+
+
+async def test_log_access_writes_a_line_per_client_api_request(http_queue):
+    q = await http_queue(log={"access": True})
+    job = await q.run({"input": {"p": 1}})
+    await q.wait_state(job, "COMPLETED")
+    assert (await q.http.get(f"{q.ep.url}/v2/other/health")).status_code == 404
+    line = re.compile(r"lbproxy\.access: (\S+) (\S+) (\d{3}) worker=- wait=0\.000s duration=[\d.]+s bytes=(\d+) "
+                      r"request_id=-$", re.M)
+
+    async def logged() -> list[tuple[str, ...]] | None:
+        found = line.findall(q.ep.log())
+        return found if any(f[1] == "/v2/other/health" for f in found) else None
+    found = await until(logged, 10, "the access lines")
+    assert found[0][:3] == ("POST", f"/v2/{q.ep.config['name']}/run", "200") and int(found[0][3]) > 0
+    assert ("GET", f"/v2/{q.ep.config['name']}/status/{job}", "200") in {f[:3] for f in found}
+    assert found[-1][:3] == ("GET", "/v2/other/health", "404")
 
 
 async def test_http_delivery_streams_an_ndjson_answer_and_fails_on_an_error_status(http_queue):
