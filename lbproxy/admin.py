@@ -58,12 +58,16 @@ class Admin:
             self.dashboard.add_routes(app)
         return app
 
+    def queued_here(self) -> tuple[int, float | None]:
+        """Requests waiting in this replica's pool, and since when the oldest waits (the leader adds them up)."""
+        return self.pool.queued, self.pool.oldest_queued_at()
+
     async def load(self, request: web.Request) -> web.Response:
         """This replica's queue and per-worker in-flight counts, summed by the leading replica."""
         now = self.pool.clock()
-        oldest = self.pool.oldest_queued_at()
+        queued, oldest = self.queued_here()
         return web.json_response({
-            "queued": self.pool.queued,
+            "queued": queued,
             "oldest_wait_seconds": now - oldest if oldest is not None else 0.0,
             # A worker this replica never had work for (not ready here: a queue endpoint's pod talks to another
             # replica) says nothing of its idleness; reported as idle 0 s it would never be scaled down.

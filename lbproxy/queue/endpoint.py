@@ -64,6 +64,11 @@ class QueueAdmin(Admin):
                            "unavailable": self.service.store_down}
         return status
 
+    def queued_here(self) -> tuple[int, float | None]:
+        """None: jobs wait in the store every replica reads (the leader counts them there). The pool's one
+        waiter is the http delivery's dispatch loop, not a job."""
+        return 0, None
+
     def counts_by_state(self) -> tuple[int, int, dict[str, int]]:
         _, in_flight, by_state = super().counts_by_state()
         return self.service.last_load.queued, in_flight, by_state
@@ -122,7 +127,9 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         log.error("%s", exc)
         return 2
     metrics = Metrics(config.name)
-    pool = WorkerPool(config.workers.concurrency, config.limits.max_queue, config.timeouts.wait)
+    # Jobs wait in the store, not in the pool (limits.max_queue has no effect): its one waiter is the http
+    # delivery's dispatch loop, waiting for a free worker slot.
+    pool = WorkerPool(config.workers.concurrency, 1, config.timeouts.wait)
     store = store_for(config, environ)
     where = described(config, environ)
     stopping_tasks: set[asyncio.Task[bool]] = set()
@@ -223,6 +230,9 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Its default action would end the process (workers and /runsync calls with it): a closed terminal sends it.
+    loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP: queue endpoints do not reload their config yet; "
+                            "the running config is kept (restart lbproxy to apply changes)")
     role = None
     release: Callable[[], Awaitable[None]] | None = None
     if kube and config.backend.leader_election:  # the Lease holder scales, counting every replica's load
@@ -238,7 +248,7 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         control = asyncio.create_task(controller.run(backend), name="controller")
     stopping = asyncio.create_task(stop.wait())
     sampling = asyncio.create_task(dashboard.run(), name="dashboard sampler")
-    roots = {control, stopping, sampling, *([service.sweeper] if service.sweeper else [])}
+    roots = {control, stopping, sampling, *(t for t in (service.sweeper, delivery and delivery.task) if t)}
     if role is not None:
         await asyncio.sleep(0)  # controller.run marks itself leading as it starts: the role says otherwise
         controller.leading = role.leading
@@ -254,7 +264,7 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         else:
             log.info("shutting down: workers finish their jobs (at most worker.stop_grace)")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         admin.stopping = client.stopping = True
         pool.close()

@@ -17,6 +17,7 @@ import logging
 import aiohttp
 
 from ..config import Config
+from ..policy import WorkerState
 from ..pool import NoWorkerInTime, ShuttingDown, Slot, Worker, WorkerPool
 from .jobs import Job, JobState
 from .service import QueueService
@@ -35,7 +36,18 @@ class HttpDelivery:
         self._session: aiohttp.ClientSession | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.Task[None] | None = None
+        self._worker_ready = asyncio.Event()
         service.on_stop(self._stop)
+        pool.on_state_change(self._state_changed)
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The dispatch loop: it never returns while lbproxy runs (the endpoint stops if it does)."""
+        return self._loop
+
+    def _state_changed(self, w: Worker, old: WorkerState) -> None:
+        if w.state is WorkerState.READY:
+            self._worker_ready.set()
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
@@ -63,6 +75,11 @@ class HttpDelivery:
             try:
                 slot = await self.pool.reserve()
             except NoWorkerInTime:
+                # None within timeouts.wait (try again), or none at all while workers fail to start: the pool
+                # then refuses at once, so wait for a worker to be ready instead of asking again in a busy loop.
+                self._worker_ready.clear()
+                if not self.pool.ready:
+                    await self._worker_ready.wait()
                 continue
             except ShuttingDown:
                 return

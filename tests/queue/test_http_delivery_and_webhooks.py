@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from aiohttp import web
 
@@ -59,6 +61,34 @@ async def test_log_access_writes_a_line_per_client_api_request(http_queue):
     assert found[0][:3] == ("POST", f"/v2/{q.ep.config['name']}/run", "200") and int(found[0][3]) > 0
     assert ("GET", f"/v2/{q.ep.config['name']}/status/{job}", "200") in {f[:3] for f in found}
     assert found[-1][:3] == ("GET", "/v2/other/health", "404")
+
+
+async def test_workers_failing_to_start_leave_the_endpoint_responsive_and_the_job_queued(http_queue):
+    q = await http_queue(workers={"active": 1, "max": 1},
+                         worker={"command": [sys.executable, "-c", "raise SystemExit(3)"], "stop_grace": "1s"})
+    job = await q.run({"input": {}})
+
+    async def failing_fast() -> bool:
+        return (await q.ep.status())["scaling"]["failed_starts_in_a_row"] >= 2  # the pool now refuses at once
+    await until(failing_fast, 30, "two failed starts in a row")
+    # The dispatch loop waits for a ready worker; asking the pool again at once would spin and freeze every port.
+    async with httpx.AsyncClient(timeout=5) as http:
+        for _ in range(3):
+            assert (await http.get(q.ep.admin + "/status")).status_code == 200
+    assert (await q.status(job))["status"] == "IN_QUEUE"
+    assert (await q.health())["jobs"]["inQueue"] == 1
+
+
+async def test_sighup_leaves_a_queue_endpoint_running_and_its_load_has_no_phantom_queue(http_queue):
+    q = await http_queue()
+    # No worker yet: the dispatch loop waits in the pool, and is no job the leader should count (jobs are
+    # counted in the store every replica shares).
+    async with httpx.AsyncClient(timeout=5) as http:
+        assert (await http.get(q.ep.admin + "/internal/load")).json()["queued"] == 0
+    q.ep.proc.send_signal(signal.SIGHUP)
+    await until(lambda: "SIGHUP: queue endpoints do not reload" in q.ep.log(), 10, "the SIGHUP log line")
+    r = await q.http.post(f"{q.base}/runsync", json={"input": {"p": 2}})
+    assert r.json()["status"] == "COMPLETED" and q.ep.proc.poll() is None
 
 
 async def test_http_delivery_streams_an_ndjson_answer_and_fails_on_an_error_status(http_queue):
