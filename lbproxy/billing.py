@@ -373,6 +373,11 @@ class Ledger:
         """What the open workers cost per second now."""
         return sum(w.price() for w in self._open.values())
 
+    def set_active(self, active: int, at: float) -> None:
+        """``workers.active`` changed (a reload): the active tier is chosen again from now on."""
+        self.active = active
+        self._assign_tiers(at)
+
     def next_prices(self, category: str, count: int, extra_staying: int = 0) -> list[float]:
         """Per-second prices of ``count`` more workers of ``category`` started now, in order.
 

@@ -179,8 +179,9 @@ def notices(config: Config) -> list[str]:
     strategy = config.scaling.strategy
     if strategy == "request_count" and config.set_in_file("scaling.queue_delay"):
         found.append("scaling.queue_delay: no effect with scaling.strategy: request_count")
-    if strategy == "queue_delay" and config.set_in_file("scaling.requests_per_worker"):
-        found.append("scaling.requests_per_worker: only used by scaling.strategy: request_count")
+    if strategy == "queue_delay" and config.workers.concurrency and config.set_in_file("scaling.requests_per_worker"):
+        found.append("scaling.requests_per_worker: only used by scaling.strategy: request_count (or "
+                     "workers.concurrency: 0)")
     if not config.auth.api_keys and config.set_in_file("auth.forward_authorization"):
         found.append(
             "auth.forward_authorization: no effect without api keys "
@@ -201,11 +202,15 @@ def _queue_notices(config: Config) -> list[str]:
         if config.set_in_file(key)
     ]
     sdk = config.queue.delivery == "sdk"
+    if config.set_in_file("timeouts.wait"):
+        found.append("timeouts.wait: no effect with type: queue (a job waits for a worker in the store, until "
+                     "timeouts.ttl)")
     for key, why in (("worker.health_path", "an SDK worker is ready at its first contact with the worker API"),
-                     ("worker.job_path", "SDK workers pull their jobs"),
-                     ("timeouts.wait", "SDK workers pull their jobs")):
+                     ("worker.job_path", "SDK workers pull their jobs")):
         if sdk and config.set_in_file(key):
             found.append(f"{key}: no effect with queue.delivery: sdk ({why})")
-    if not sdk and config.set_in_file("queue.worker_listen"):
-        found.append("queue.worker_listen: no effect with queue.delivery: http (lbproxy pushes jobs to workers)")
+    for key in ("queue.worker_listen", "queue.ping_interval", "queue.take_hold", "queue.stop_grace"):
+        if not sdk and config.set_in_file(key):
+            found.append(f"{key}: no effect with queue.delivery: http (lbproxy pushes jobs to workers; the "
+                         "worker API is for SDK workers)")
     return found

@@ -151,7 +151,8 @@ class ScalingSettings(_Settings):
     queue_delay: _Duration = 4.0
     """`queue_delay` strategy: add workers when the oldest queued request has waited longer than this."""
     requests_per_worker: Annotated[int, Field(ge=1, le=_MAX_COUNT)] = 4
-    """`request_count` strategy: workers = ceil((queued + in progress) / this)."""
+    """`request_count` strategy: workers = ceil((queued + in progress) / this). Also `queue_delay` with
+    `workers.concurrency: 0` (a worker takes every request at once, so none waits in lbproxy's queue)."""
 
 
 class LimitsSettings(_Settings):

@@ -71,6 +71,10 @@ class CostMeter:
         pool.on_state_change(self._state_changed)
         pool.on_busy_change(self._busy_changed)
 
+    def set_active(self, active: int) -> None:
+        """A reload changed ``workers.active``: that many of the oldest workers pay the active price from now."""
+        self.ledger.set_active(active, self.clock())
+
     # -- events ----------------------------------------------------------------------------------
 
     def _state_changed(self, w: Worker, old: WorkerState) -> None:

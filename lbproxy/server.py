@@ -77,8 +77,9 @@ class _Reloader:
     running config and say why in one line."""
 
     def __init__(self, path: str | None, config: Config, pool: WorkerPool, controller: Controller,
-                 proxy: ProxyServer, admin: Admin, environ: Mapping[str, str] | None) -> None:
+                 proxy: ProxyServer, admin: Admin, meter: CostMeter, environ: Mapping[str, str] | None) -> None:
         self.path = path
+        self.meter = meter
         self.config = config
         self.pool = pool
         self.controller = controller
@@ -110,6 +111,7 @@ class _Reloader:
         self.pool.max_queue = new.limits.max_queue
         self.pool.wait_timeout = new.timeouts.wait
         self.controller.settings = scaling_settings(new)
+        self.meter.set_active(new.workers.active)
         self.proxy.settings = ProxySettings.from_config(new)
         self.admin.config = new
         logs.set_format(new.log.format, new.name)
@@ -186,7 +188,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     log.info("endpoint %s listening on %s (admin %s), workers %d..%d, backend %s",
              config.name, proxy_url, admin_url, config.workers.active, config.workers.max, config.backend.type)
 
-    reloader = _Reloader(path, config, pool, controller, proxy, admin, environ)
+    reloader = _Reloader(path, config, pool, controller, proxy, admin, meter, environ)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader)  # nginx and HAProxy's convention (and a closed terminal)

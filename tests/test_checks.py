@@ -268,18 +268,23 @@ def test_queue_settings_on_a_load_balancer_have_no_effect() -> None:
 def test_request_path_settings_a_queue_endpoint_replaces_are_noted() -> None:
     found = notices(config(type="queue", limits={"max_body_size": "1MB"}, timeouts={"wait": "5s"},
                            worker={"command": COMMAND, "health_path": "/health"}))
-    assert [n.split(":")[0] for n in found] == ["limits.max_body_size", "worker.health_path", "timeouts.wait"]
-    assert notices(config(type="queue", queue={"delivery": "http"}, timeouts={"wait": "5s"},
-                          worker={"command": COMMAND, "health_path": "/health", "job_path": "/jobs"})) == []
+    assert [n.split(":")[0] for n in found] == ["limits.max_body_size", "timeouts.wait", "worker.health_path"]
+    http = notices(config(type="queue", timeouts={"wait": "5s"},
+                          queue={"delivery": "http", "ping_interval": "2s", "take_hold": "1s"},
+                          worker={"command": COMMAND, "health_path": "/health", "job_path": "/jobs"}))
+    assert [n.split(":")[0] for n in http] == ["timeouts.wait", "queue.ping_interval", "queue.take_hold"]
+    assert "no effect with queue.delivery: http" in http[1]
 
 
 def test_scaling_settings_of_the_other_strategy_have_no_effect() -> None:
     assert notices(config(scaling={"strategy": "request_count", "queue_delay": "2s"})) == [
         "scaling.queue_delay: no effect with scaling.strategy: request_count"
     ]
-    assert notices(config(scaling={"requests_per_worker": 2})) == [
-        "scaling.requests_per_worker: only used by scaling.strategy: request_count"
+    assert notices(config(scaling={"requests_per_worker": 2}, workers={"concurrency": 1})) == [
+        "scaling.requests_per_worker: only used by scaling.strategy: request_count (or workers.concurrency: 0)"
     ]
+    # Unlimited concurrency: nothing waits in lbproxy's queue, so queue_delay scales by requests in flight.
+    assert notices(config(scaling={"requests_per_worker": 2})) == []
 
 
 def test_forward_authorization_without_keys_has_no_effect() -> None:

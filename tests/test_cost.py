@@ -128,6 +128,18 @@ def test_a_worker_serving_several_requests_is_busy_until_the_last_one_ends():
     assert meter.worker("w")["billing_phase"] == "idle"
 
 
+def test_a_reloaded_workers_active_moves_the_oldest_workers_to_the_active_price_from_then_on():
+    meter, pool, clock = meter_for(config(category="24gb"))  # workers.active: 0, all flex
+    w = pool.add("w", "h", 1, 1)
+    pool.set_state(w, WorkerState.READY)
+    clock.now += 2.0
+    meter.set_active(1)
+    clock.now += 3.0
+    assert seconds(meter, Phase.IDLE, Tier.FLEX) == pytest.approx(2.0)
+    assert seconds(meter, Phase.IDLE, Tier.ACTIVE) == pytest.approx(3.0)
+    assert meter.worker("w")["tier"] == "active"
+
+
 def test_a_queue_worker_is_busy_while_it_holds_jobs_it_pulled_itself():
     meter, pool, clock = meter_for(config(category="24gb"))
     w = pool.add("w", "h", 1, 1)

@@ -65,6 +65,17 @@ async def test_sighup_applies_keys_and_limits_live_without_dropping_a_connection
     assert "auth.api_keys, workers.concurrency, workers.max" in ep.log()
 
 
+async def test_a_reloaded_workers_active_bills_the_running_worker_at_the_active_price(start_endpoint, client):
+    ep = await start_endpoint(workers={"active": 0, "max": 1}, cost={"category": "24gb"})
+    assert (await client.get(ep.url + "/echo")).status_code == 200
+    [w] = await ep.wait_workers(lambda ws: len(ws) == 1, "the worker")
+    assert w["tier"] == "flex"
+    _rewrite(ep, workers={"active": 1, "max": 1})
+    await _hup(ep, "reloaded ")
+    [w] = (await ep.status())["workers"]
+    assert w["tier"] == "active"
+
+
 async def test_sighup_refuses_an_invalid_file_or_a_restart_change_and_keeps_running(start_endpoint, client):
     ep = await start_endpoint()
     path = ep.log_path.with_suffix(".yaml")
