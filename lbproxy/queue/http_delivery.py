@@ -114,11 +114,8 @@ class HttpDelivery:
                     text = (await resp.content.read(2048)).decode("utf-8", "replace")
                     error = json.dumps(f"the worker answered {resp.status}: {text}")
                 elif kind in _STREAMED:
-                    async for line in resp.content:
-                        chunk = _chunk(line)
-                        if chunk is not None:
-                            await service.store.add_chunk(job.id, w.id, chunk)
-                    state = JobState.COMPLETED
+                    error = await self._read_stream(resp, job, w)
+                    state = JobState.COMPLETED if error is None else JobState.FAILED
                 else:
                     data = await resp.content.read(self.result_limit + 1)
                     if len(data) > self.result_limit:
@@ -140,6 +137,31 @@ class HttpDelivery:
             self._running.pop(job.id, None)
             slot.release(failed=blame)
         await service.finish(job.id, w.id, state, output, error)
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse, job: Job, w: Worker) -> str | None:
+        """Each line of the answer a stream chunk, as it arrives; None, or why the job failed: a line over
+        queue.max_result_size (aiohttp's own line reader stops at 128 KiB, far below what a result may be)."""
+        limit = self.result_limit
+        too_long = json.dumps(f"a streamed line of the worker's answer is over queue.max_result_size ({limit})")
+        pending = bytearray()  # the line begun and not ended yet
+        async for data in resp.content.iter_any():
+            *ended, rest = data.split(b"\n")
+            if ended:
+                ended[0] = bytes(pending) + ended[0]
+                pending = bytearray()
+            for line in ended:
+                if len(line) > limit:
+                    return too_long
+                chunk = _chunk(line)
+                if chunk is not None:
+                    await self.service.store.add_chunk(job.id, w.id, chunk)
+            pending += rest
+            if len(pending) > limit:
+                return too_long
+        chunk = _chunk(bytes(pending)) if pending else None
+        if chunk is not None:
+            await self.service.store.add_chunk(job.id, w.id, chunk)
+        return None
 
     async def _renew(self, job: Job, w: Worker) -> None:
         """The lease of a pushed job is renewed while its connection is open (lbproxy is the worker's client)."""

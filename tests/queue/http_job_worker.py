@@ -1,5 +1,6 @@
 """A plain HTTP worker for ``queue.delivery: http``: no SDK, just the load-balancer worker contract plus
-``POST /run`` taking ``{"id", "input"}``. input.stream=N answers N NDJSON lines; input.sleep waits;
+``POST /run`` taking ``{"id", "input"}``. input.stream=N answers N NDJSON lines (each padded with
+input.line_bytes characters); input.sleep waits;
 input.status answers that HTTP status; input.exit crashes the worker."""
 
 import asyncio
@@ -25,7 +26,8 @@ async def run(request):
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         for i in range(int(data["stream"])):
-            await resp.write(json.dumps({"token": i}).encode() + b"\n")
+            line = {"token": i, **({"pad": "x" * int(data["line_bytes"])} if "line_bytes" in data else {})}
+            await resp.write(json.dumps(line).encode() + b"\n")
         await resp.write_eof()
         return resp
     return web.json_response({"id": job["id"], "echo": job["input"], "worker": os.environ["LBPROXY_WORKER_ID"]})

@@ -101,6 +101,18 @@ async def test_http_delivery_streams_an_ndjson_answer_and_fails_on_an_error_stat
     assert failed.json()["status"] == "FAILED" and "500" in failed.json()["error"]
 
 
+async def test_streamed_lines_of_a_megabyte_are_chunks_and_one_over_max_result_size_fails_the_job(http_queue):
+    q = await http_queue(queue={"delivery": "http", "max_result_size": "1.5MB"})
+    job_id = await q.run({"input": {"stream": 2, "line_bytes": 1_000_000}})  # over aiohttp's 128 KiB lines
+    done = await q.wait_state(job_id, "COMPLETED", "FAILED")
+    assert done["status"] == "COMPLETED", done
+    stream = (await q.http.get(f"{q.base}/stream/{job_id}")).json()["stream"]
+    assert [len(c["output"]["pad"]) for c in stream] == [1_000_000, 1_000_000]
+    over = await q.run({"input": {"stream": 2, "line_bytes": 2_000_000}})
+    failed = await q.wait_state(over, "COMPLETED", "FAILED")
+    assert failed["status"] == "FAILED" and "over queue.max_result_size" in failed["error"], failed
+
+
 async def test_http_delivery_requeues_the_job_of_a_worker_that_crashes(http_queue):
     q = await http_queue(queue={"delivery": "http", "max_attempts": 2})
     job_id = await q.run({"input": {"exit": True}})
