@@ -8,6 +8,7 @@ lbproxy.config_values and problems worded in lbproxy.config_errors; import their
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,6 +58,7 @@ from lbproxy.config_values import (
     _Text,
     _written_as,
 )
+from lbproxy.durations import format_duration
 
 __all__ = [
     "Address",
@@ -139,7 +141,8 @@ class TimeoutsSettings(_Settings):
     """Queue endpoints only: most time a job may live from submission, in any state (at least 10s); then it is
     deleted (`/status` 404). A job's `policy.ttl` overrides it."""
     init: _PositiveDuration = 420.0
-    """A worker not ready this long after it started is stopped and replaced: allow its whole model load."""
+    """A worker not ready this long after it started is stopped and replaced: allow its whole model load.
+    Runpod's way, `RUNPOD_INIT_TIMEOUT` (seconds) in `worker.env`, sets it too."""
     shutdown: _Duration = 30.0
     """On SIGTERM, how long in-flight requests may finish before the proxy exits (the chart adds it to the
     pod's termination grace)."""
@@ -517,6 +520,29 @@ class Config(_Settings):
         same_host = len(hosts) == 1 or bool(hosts & {"0.0.0.0", "::"})
         if self.listen.port == self.admin.port != 0 and same_host:
             raise _field_errors([(("admin",), f"must not use the proxy's port ({self.listen})")])
+        return self
+
+    @model_validator(mode="after")
+    def _runpod_init_timeout(self) -> Config:
+        """Runpod extends the cold-start limit with RUNPOD_INIT_TIMEOUT (seconds) in the worker's environment:
+        a migrated endpoint keeps it there, and here it is timeouts.init."""
+        raw = self.worker.env.get("RUNPOD_INIT_TIMEOUT")
+        if raw is None:
+            return self
+        where = ("worker", "env", "RUNPOD_INIT_TIMEOUT")
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds < math.inf:
+            raise _field_errors([(where, f"{raw!r} is not a number of seconds > 0 (Runpod's worker init timeout)")])
+        if "init" in self.timeouts.model_fields_set:
+            if self.timeouts.init != seconds:
+                raise _field_errors([(where, f"{raw} s disagrees with timeouts.init "
+                                             f"({format_duration(self.timeouts.init)}); keep one")])
+            return self
+        timeouts = self.timeouts.model_copy(update={"init": seconds})
+        object.__setattr__(self, "timeouts", timeouts)  # frozen: set once, while the model is being validated
         return self
 
     @model_validator(mode="after")

@@ -765,3 +765,16 @@ def test_any_json_like_input_gives_a_config_or_config_errors_naming_keys(data: d
         assert exc.problems
         for problem in exc.problems:
             assert _PATH.match(problem), problem
+
+
+def test_runpod_s_init_timeout_in_the_worker_env_sets_timeouts_init() -> None:
+    """The product page: "setting RUNPOD_INIT_TIMEOUT=800 allows up to 800 seconds" for a worker to start."""
+    worker: dict[str, Any] = {"command": ["w"], "env": {"RUNPOD_INIT_TIMEOUT": 800}}
+    assert parse_config({"name": "e", "worker": worker}, {}).timeouts.init == 800.0
+    assert parse_config({"name": "e", "worker": worker, "timeouts": {"init": "800s"}}, {}).timeouts.init == 800.0
+    with pytest.raises(ConfigError) as disagree:
+        parse_config({"name": "e", "worker": worker, "timeouts": {"init": "5m"}}, {})
+    assert disagree.value.problems == ["worker.env.RUNPOD_INIT_TIMEOUT: 800 s disagrees with timeouts.init (5m); "
+                                       "keep one"]
+    with pytest.raises(ConfigError, match=r"worker.env.RUNPOD_INIT_TIMEOUT: 'soon' is not a number of seconds"):
+        parse_config({"name": "e", "worker": {"command": ["w"], "env": {"RUNPOD_INIT_TIMEOUT": "soon"}}}, {})
