@@ -72,20 +72,16 @@ async def _start_site(app: web.Application, sock: socket.socket, grace: float,
     return runner, _url(bound[0], bound[1])
 
 
-class _Reloader:
-    """SIGHUP: read the config file again and apply what may change live (``lbproxy.reload``), or keep the
-    running config and say why in one line."""
+class Reloader:
+    """SIGHUP: read the config file again and hand what may change live (``lbproxy.reload``) to ``apply``, or
+    keep the running config and say why in one line. Both endpoint types reload through it."""
 
-    def __init__(self, path: str | None, config: Config, pool: WorkerPool, controller: Controller,
-                 proxy: ProxyServer, admin: Admin, meter: CostMeter, environ: Mapping[str, str] | None) -> None:
+    def __init__(self, path: str | None, config: Config, environ: Mapping[str, str] | None,
+                 apply: Callable[[Config], None]) -> None:
         self.path = path
-        self.meter = meter
         self.config = config
-        self.pool = pool
-        self.controller = controller
-        self.proxy = proxy
-        self.admin = admin
         self.environ = environ
+        self.apply = apply
 
     def __call__(self) -> None:
         if self.path is None:
@@ -107,17 +103,23 @@ class _Reloader:
             log.info("reload: %s has no changes", self.path)
             return
         self.config = new
-        self.pool.concurrency = new.workers.concurrency
-        self.pool.max_queue = new.limits.max_queue
-        self.pool.wait_timeout = new.timeouts.wait
-        self.controller.settings = scaling_settings(new)
-        self.meter.set_active(new.workers.active)
-        self.proxy.settings = ProxySettings.from_config(new)
-        self.admin.config = new
+        self.apply(new)
         logs.set_format(new.log.format, new.name)
-        self.pool.redispatch()  # more concurrency may serve waiting requests now
-        self.pool.changed.set()  # and the controller decides again
         log.info("reloaded %s: %s", self.path, ", ".join(live))
+
+
+def _apply_live(new: Config, pool: WorkerPool, controller: Controller, proxy: ProxyServer, admin: Admin,
+                meter: CostMeter) -> None:
+    """A load balancer's live settings; a request in progress keeps those it started with."""
+    pool.concurrency = new.workers.concurrency
+    pool.max_queue = new.limits.max_queue
+    pool.wait_timeout = new.timeouts.wait
+    controller.settings = scaling_settings(new)
+    meter.set_active(new.workers.active)
+    proxy.settings = ProxySettings.from_config(new)
+    admin.config = new
+    pool.redispatch()  # more concurrency may serve waiting requests now
+    pool.changed.set()  # and the controller decides again
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapping[str, str] | None = None,
@@ -127,7 +129,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     if config.type == "queue":
         from .queue.endpoint import serve_queue
 
-        return await serve_queue(config, stop, environ)
+        return await serve_queue(config, stop, environ, path)
     loop = asyncio.get_running_loop()
     try:  # first of all: a port in use must stop lbproxy before it starts a worker or opens a session
         listen_sock = bind("listen", config.listen)
@@ -188,7 +190,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapp
     log.info("endpoint %s listening on %s (admin %s), workers %d..%d, backend %s",
              config.name, proxy_url, admin_url, config.workers.active, config.workers.max, config.backend.type)
 
-    reloader = _Reloader(path, config, pool, controller, proxy, admin, meter, environ)
+    reloader = Reloader(path, config, environ, lambda new: _apply_live(new, pool, controller, proxy, admin, meter))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader)  # nginx and HAProxy's convention (and a closed terminal)

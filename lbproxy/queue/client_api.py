@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
@@ -22,9 +24,14 @@ from .submissions import BadSubmission, parse_submission, runsync_wait
 
 class AccessLog(AbstractAccessLogger):
     """``log.access`` on a queue endpoint: a line per client API request, in the load balancer's form (worker
-    ``-`` and no queue wait: a job waits in the store, and its /status says how long)."""
+    ``-`` and no queue wait: a job waits in the store, and its /status says how long). aiohttp makes one per
+    connection from the class; ``ClientApi.access_log`` gives it a reloadable switch."""
+
+    on: Callable[[], bool] = staticmethod(lambda: True)  # read per request: aiohttp reads ``enabled`` once a connection
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if not self.on():
+            return
         text, fields = access.entry(request.method.encode(), request.raw_path.encode("latin-1", "replace"),
                                     response.status, b"", 0.0, time, response.body_length,
                                     request.headers.get("X-Request-Id", "-").encode("latin-1", "replace"))
@@ -38,7 +45,18 @@ class ClientApi:
         self.keys = ApiKeys(config.auth.keys())
         self.run_limit = config.queue.max_run_body
         self.runsync_limit = config.queue.max_runsync_body
+        self.log_access = config.log.access
         self.stopping = False
+
+    def access_log(self) -> type[AccessLog]:
+        """The access-log class of this API's runner: it writes while ``log_access`` (a reload may turn it)."""
+        return type("ClientAccessLog", (AccessLog,), {"on": staticmethod(lambda: self.log_access)})
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP's live settings here: the keys and the access log (submissions take the new timeouts from
+        the service)."""
+        self.keys = ApiKeys(config.auth.keys())
+        self.log_access = config.log.access
 
     def app(self) -> web.Application:
         # No middleware: each one costs every request a layer of calls, and the client API is the hot path of

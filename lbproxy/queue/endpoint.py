@@ -31,8 +31,8 @@ from ..paths import endpoint_file
 from ..policy import WorkerState
 from ..policy_settings import scaling_settings
 from ..pool import WorkerPool
-from ..server import BindError, _start_site, _url, bind
-from .client_api import AccessLog, ClientApi
+from ..server import BindError, Reloader, _start_site, _url, bind
+from .client_api import ClientApi
 from .http_delivery import HttpDelivery
 from .sdk_env import worker_env
 from .service import QueueService
@@ -118,7 +118,8 @@ def _bind_all(config: Config) -> list[socket.socket]:
     return socks
 
 
-async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str, str] | None) -> int:
+async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str, str] | None,
+                      path: str | None = None) -> int:
     loop = asyncio.get_running_loop()
     q = config.queue
     try:  # a port in use stops lbproxy before it opens the store or starts a worker
@@ -221,8 +222,7 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
     admin.dashboard = dashboard = Dashboard(pool, metrics.requests, metrics.queue_wait, meter, admin.counts_by_state)
     metrics.watch(admin.counts_by_state, lambda: controller.leading)
     metrics.watch_cost(meter.metric_rows, lambda: controller.capped_reason is not None)
-    client_runner, client_url = await _start_site(client.app(), listen_sock, grace,
-                                                  AccessLog if config.log.access else None)
+    client_runner, client_url = await _start_site(client.app(), listen_sock, grace, client.access_log())
     admin_runner, admin_url = await _start_site(admin.app(), admin_sock, grace)
     log.info("queue endpoint %s listening on %s/v2/%s (admin %s, worker API %s, store %s), workers %d..%d, "
              "delivery %s", config.name, client_url, config.name, admin_url, worker_url, where,
@@ -230,9 +230,18 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # Its default action would end the process (workers and /runsync calls with it): a closed terminal sends it.
-    loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP: queue endpoints do not reload their config yet; "
-                            "the running config is kept (restart lbproxy to apply changes)")
+
+    def apply_live(new: Config) -> None:
+        pool.concurrency = new.workers.concurrency
+        controller.settings = scaling_settings(new)
+        meter.set_active(new.workers.active)
+        service.reload(new)
+        client.reload(new)
+        admin.config = new
+        pool.changed.set()  # the controller decides again
+
+    reloader = Reloader(path, config, environ, apply_live)
+    loop.add_signal_handler(signal.SIGHUP, reloader)
     role = None
     release: Callable[[], Awaitable[None]] | None = None
     if kube and config.backend.leader_election:  # the Lease holder scales, counting every replica's load

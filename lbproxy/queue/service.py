@@ -93,6 +93,13 @@ class QueueService:
         pool.on_state_change(self._worker_state)
         store.listen(self)
 
+    def reload(self, config: Config) -> None:
+        """SIGHUP's live settings here: new jobs take the new timeouts (a job keeps those it was submitted
+        with), job takes the new per-worker concurrency."""
+        self.config = config
+        self.defaults = Defaults(config.timeouts.ttl, config.timeouts.execution)
+        self.per_worker = config.workers.concurrency
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from ..conftest import until
+from ..test_reload import _hup, _rewrite
 from .conftest import HERE, Queue
 
 pytestmark = pytest.mark.slow
@@ -79,16 +79,26 @@ async def test_workers_failing_to_start_leave_the_endpoint_responsive_and_the_jo
     assert (await q.health())["jobs"]["inQueue"] == 1
 
 
-async def test_sighup_leaves_a_queue_endpoint_running_and_its_load_has_no_phantom_queue(http_queue):
-    q = await http_queue()
+async def test_sighup_reloads_a_queue_endpoint_s_keys_and_access_log_and_refuses_queue_changes(http_queue):
+    q = await http_queue(auth={"api_keys": ["k-old-0123456789"]})
     # No worker yet: the dispatch loop waits in the pool, and is no job the leader should count (jobs are
     # counted in the store every replica shares).
     async with httpx.AsyncClient(timeout=5) as http:
         assert (await http.get(q.ep.admin + "/internal/load")).json()["queued"] == 0
-    q.ep.proc.send_signal(signal.SIGHUP)
-    await until(lambda: "SIGHUP: queue endpoints do not reload" in q.ep.log(), 10, "the SIGHUP log line")
-    r = await q.http.post(f"{q.base}/runsync", json={"input": {"p": 2}})
-    assert r.json()["status"] == "COMPLETED" and q.ep.proc.poll() is None
+    _rewrite(q.ep, auth={"api_keys": ["k-new-0123456789"]}, log={"access": True},
+             timeouts={**q.ep.config["timeouts"], "execution": "5s"}, workers={**q.ep.config["workers"], "max": 3})
+    await _hup(q.ep, "reloaded ")
+    assert "auth.api_keys, log.access, timeouts.execution, workers.max" in q.ep.log()
+    assert (await q.ep.status())["scaling"]["max"] == 3
+    old = await q.http.post(f"{q.base}/run", json={"input": {}}, headers={"Authorization": "Bearer k-old-0123456789"})
+    assert old.status_code == 401
+    new = {"Authorization": "Bearer k-new-0123456789"}
+    r = await q.http.post(f"{q.base}/runsync", json={"input": {"sleep": 6}}, headers=new)
+    assert r.json()["status"] == "TIMED_OUT", r.json()  # the reloaded timeouts.execution
+    await until(lambda: "lbproxy.access: POST /v2/test/runsync 200" in q.ep.log(), 10, "the access line")
+    _rewrite(q.ep, queue={**q.ep.config["queue"], "lease": "9s"})
+    await _hup(q.ep, "reload refused")
+    assert "queue.lease can only change with a restart" in q.ep.log() and q.ep.proc.poll() is None
 
 
 async def test_http_delivery_streams_an_ndjson_answer_and_fails_on_an_error_status(http_queue):
