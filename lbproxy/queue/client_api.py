@@ -23,13 +23,16 @@ from .submissions import BadSubmission, parse_submission, runsync_wait
 
 
 class AccessLog(AbstractAccessLogger):
-    """``log.access`` on a queue endpoint: a line per client API request, in the load balancer's form (worker
-    ``-`` and no queue wait: a job waits in the store, and its /status says how long). aiohttp makes one per
-    connection from the class; ``ClientApi.access_log`` gives it a reloadable switch."""
+    """After every client API request: ``lbproxy_requests_total`` and its duration (the dashboard's request
+    charts), and with ``log.access`` a line in the load balancer's form (worker ``-`` and no queue wait: a job
+    waits in the store, and its /status says how long). aiohttp makes one per connection from the class;
+    ``ClientApi.access_log`` binds it to the endpoint's metrics and reloadable switch."""
 
+    observe: Callable[[int, float], None] = staticmethod(lambda status, seconds: None)
     on: Callable[[], bool] = staticmethod(lambda: True)  # read per request: aiohttp reads ``enabled`` once a connection
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.observe(response.status, time)
         if not self.on():
             return
         text, fields = access.entry(request.method.encode(), request.raw_path.encode("latin-1", "replace"),
@@ -48,9 +51,11 @@ class ClientApi:
         self.log_access = config.log.access
         self.stopping = False
 
-    def access_log(self) -> type[AccessLog]:
-        """The access-log class of this API's runner: it writes while ``log_access`` (a reload may turn it)."""
-        return type("ClientAccessLog", (AccessLog,), {"on": staticmethod(lambda: self.log_access)})
+    def access_log(self, observe: Callable[[int, float], None]) -> type[AccessLog]:
+        """The access-log class of this API's runner: it counts every request with ``observe`` and writes a
+        line while ``log_access`` (a reload may turn it)."""
+        return type("ClientAccessLog", (AccessLog,), {"observe": staticmethod(observe),
+                                                     "on": staticmethod(lambda: self.log_access)})
 
     def reload(self, config: Config) -> None:
         """SIGHUP's live settings here: the keys and the access log (submissions take the new timeouts from

@@ -222,7 +222,8 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
     admin.dashboard = dashboard = Dashboard(pool, metrics.requests, metrics.queue_wait, meter, admin.counts_by_state)
     metrics.watch(admin.counts_by_state, lambda: controller.leading)
     metrics.watch_cost(meter.metric_rows, lambda: controller.capped_reason is not None)
-    client_runner, client_url = await _start_site(client.app(), listen_sock, grace, client.access_log())
+    client_runner, client_url = await _start_site(client.app(), listen_sock, grace,
+                                                  client.access_log(metrics.observe_request))
     admin_runner, admin_url = await _start_site(admin.app(), admin_sock, grace)
     log.info("queue endpoint %s listening on %s/v2/%s (admin %s, worker API %s, store %s), workers %d..%d, "
              "delivery %s", config.name, client_url, config.name, admin_url, worker_url, where,

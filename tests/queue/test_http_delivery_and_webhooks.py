@@ -61,6 +61,10 @@ async def test_log_access_writes_a_line_per_client_api_request(http_queue):
     assert found[0][:3] == ("POST", f"/v2/{q.ep.config['name']}/run", "200") and int(found[0][3]) > 0
     assert ("GET", f"/v2/{q.ep.config['name']}/status/{job}", "200") in {f[:3] for f in found}
     assert found[-1][:3] == ("GET", "/v2/other/health", "404")
+    # Counted too (the dashboard's request charts): every client API request, by status.
+    metrics = (await q.http.get(q.ep.admin + "/metrics")).text
+    counts = dict(re.findall(r'^lbproxy_requests_total\{code="(\d+)",endpoint="test"\} ([\d.]+)$', metrics, re.M))
+    assert float(counts["200"]) == sum(1 for f in found if f[2] == "200") and float(counts["404"]) == 1
 
 
 async def test_workers_failing_to_start_leave_the_endpoint_responsive_and_the_job_queued(http_queue):
