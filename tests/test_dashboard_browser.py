@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -121,3 +122,28 @@ async def test_dashboard_charts_and_worker_table_follow_the_traffic(start_endpoi
     await asyncio.to_thread(browser.save_screenshot, str(shot))
     print(f"\ndashboard screenshot: {shot}")
     assert shot.stat().st_size > 10_000
+
+
+async def test_a_queue_endpoint_s_dashboard_draws_its_client_requests_workers_and_cost(
+        start_endpoint: Callable[..., Any], browser: webdriver.Chrome, client) -> None:
+    worker = ROOT / "tests" / "queue" / "http_job_worker.py"
+    ep = await start_endpoint(type="queue", workers={"active": 0, "max": 1, "concurrency": 2},
+                              queue={"delivery": "http"}, cost={"category": "24gb"},
+                              worker={"command": [sys.executable, str(worker)], "stop_grace": "1s"})
+    await asyncio.to_thread(browser.get, ep.admin + "/")
+    await until_js(browser, "return window.lbproxyDashboard && window.lbproxyDashboard.state.polls >= 1",
+                   "the page's first poll")
+    base = f"{ep.url}/v2/{ep.config['name']}"
+    for i in range(5):
+        r = await client.post(f"{base}/runsync", json={"input": {"n": i}})
+        assert r.json()["status"] == "COMPLETED", r.text
+    await until_js(browser, "return Math.max(0, ...window.lbproxyDashboard.drawn('requests')[1]) > 0",
+                   "the client API's 2xx rate drawn")
+    await until_js(browser, "return Math.max(0, ...window.lbproxyDashboard.drawn('cost')[1]) > 0.5",
+                   "the cost rate drawn ($0.684/h for one 24gb flex worker)")
+    rows = await until_js(browser, WORKER_ROWS.replace("return ", "const r = ") +
+                          "; return r.length === 1 && r[0][1] === 'ready' && +r[0][8] > 0 ? r : null",
+                          "the ready worker with billed seconds in the table")
+    assert rows[0][3:5] == ["flex", "24gb"]
+    errors = [entry for entry in await asyncio.to_thread(browser.get_log, "browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors
