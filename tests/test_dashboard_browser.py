@@ -64,6 +64,9 @@ async def until_js(driver: webdriver.Chrome, script: str, what: str, timeout: fl
 
 WORKER_ROWS = """return [...document.querySelectorAll('#workers tbody tr')].map(tr =>
     [...tr.querySelectorAll('td')].map(td => td.textContent))"""
+# The table's one row once its worker is ready and billed: [id, state, ..., tier, category, ..., billed s, $].
+ONE_READY_BILLED = WORKER_ROWS.replace("return ", "const r = ") + \
+    "; return r.length === 1 && r[0][1] === 'ready' && +r[0][8] > 0 ? r : null"
 
 
 async def test_dashboard_charts_and_worker_table_follow_the_traffic(start_endpoint: Callable[..., Any],
@@ -99,9 +102,7 @@ async def test_dashboard_charts_and_worker_table_follow_the_traffic(start_endpoi
                    "the cost rate drawn ($0.684/h for one 24gb flex worker)")
 
     # The worker table: the worker, ready, on the 24gb price, its billed seconds growing poll by poll.
-    rows = await until_js(browser, WORKER_ROWS.replace("return ", "const r = ") +
-                          "; return r.length === 1 && r[0][1] === 'ready' && +r[0][8] > 0 ? r : null",
-                          "a ready worker with billed seconds in the table")
+    rows = await until_js(browser, ONE_READY_BILLED, "a ready worker with billed seconds in the table")
     worker, billed = rows[0][0], int(rows[0][8])
     assert rows[0][3:5] == ["flex", "24gb"] and rows[0][9].startswith("$")
     await until_js(browser, WORKER_ROWS.replace("return ", "const r = ") +
@@ -141,9 +142,7 @@ async def test_a_queue_endpoint_s_dashboard_draws_its_client_requests_workers_an
                    "the client API's 2xx rate drawn")
     await until_js(browser, "return Math.max(0, ...window.lbproxyDashboard.drawn('cost')[1]) > 0.5",
                    "the cost rate drawn ($0.684/h for one 24gb flex worker)")
-    rows = await until_js(browser, WORKER_ROWS.replace("return ", "const r = ") +
-                          "; return r.length === 1 && r[0][1] === 'ready' && +r[0][8] > 0 ? r : null",
-                          "the ready worker with billed seconds in the table")
+    rows = await until_js(browser, ONE_READY_BILLED, "the ready worker with billed seconds in the table")
     assert rows[0][3:5] == ["flex", "24gb"]
     errors = [entry for entry in await asyncio.to_thread(browser.get_log, "browser") if entry["level"] == "SEVERE"]
     assert not errors, errors
