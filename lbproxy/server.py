@@ -108,18 +108,24 @@ class Reloader:
         log.info("reloaded %s: %s", self.path, ", ".join(live))
 
 
+def apply_scaling(new: Config, pool: WorkerPool, controller: Controller, meter: CostMeter, admin: Admin) -> None:
+    """The live settings both endpoint types share: worker counts and concurrency, scaling, the bill's active
+    tier, what /status shows. The controller decides again at once."""
+    pool.concurrency = new.workers.concurrency
+    controller.settings = scaling_settings(new)
+    meter.set_active(new.workers.active)
+    admin.config = new
+    pool.changed.set()
+
+
 def _apply_live(new: Config, pool: WorkerPool, controller: Controller, proxy: ProxyServer, admin: Admin,
                 meter: CostMeter) -> None:
     """A load balancer's live settings; a request in progress keeps those it started with."""
-    pool.concurrency = new.workers.concurrency
     pool.max_queue = new.limits.max_queue
     pool.wait_timeout = new.timeouts.wait
-    controller.settings = scaling_settings(new)
-    meter.set_active(new.workers.active)
     proxy.settings = ProxySettings.from_config(new)
-    admin.config = new
+    apply_scaling(new, pool, controller, meter, admin)
     pool.redispatch()  # more concurrency may serve waiting requests now
-    pool.changed.set()  # and the controller decides again
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None, environ: Mapping[str, str] | None = None,

@@ -1,5 +1,5 @@
 """What the connections and exchanges of one listener share: the pool, the worker connections, the settings of
-the moment, the metrics, the access log, and whether the endpoint is closing."""
+the moment, the metrics, and whether the endpoint is closing."""
 
 from __future__ import annotations
 

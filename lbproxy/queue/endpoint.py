@@ -31,7 +31,7 @@ from ..paths import endpoint_file
 from ..policy import WorkerState
 from ..policy_settings import scaling_settings
 from ..pool import WorkerPool
-from ..server import BindError, Reloader, _start_site, _url, bind
+from ..server import BindError, Reloader, _start_site, _url, apply_scaling, bind
 from .client_api import ClientApi
 from .http_delivery import HttpDelivery
 from .sdk_env import worker_env
@@ -65,7 +65,7 @@ class QueueAdmin(Admin):
         return status
 
     def queued_here(self) -> tuple[int, float | None]:
-        """None: jobs wait in the store every replica reads (the leader counts them there). The pool's one
+        """Nothing: jobs wait in the store every replica reads, and the leader counts them there. The pool's one
         waiter is the http delivery's dispatch loop, not a job."""
         return 0, None
 
@@ -233,13 +233,9 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         loop.add_signal_handler(sig, stop.set)
 
     def apply_live(new: Config) -> None:
-        pool.concurrency = new.workers.concurrency
-        controller.settings = scaling_settings(new)
-        meter.set_active(new.workers.active)
         service.reload(new)
         client.reload(new)
-        admin.config = new
-        pool.changed.set()  # the controller decides again
+        apply_scaling(new, pool, controller, meter, admin)
 
     reloader = Reloader(path, config, environ, apply_live)
     loop.add_signal_handler(signal.SIGHUP, reloader)
@@ -252,7 +248,7 @@ async def serve_queue(config: Config, stop: asyncio.Event, environ: Mapping[str,
         from .postgres import PostgresJobStore
 
         assert isinstance(store, PostgresJobStore)
-        role = ReplicaRole(store, controller, pool, lambda: scaling_settings(config))
+        role = ReplicaRole(store, controller, pool, lambda: scaling_settings(reloader.config))  # reloads too
         await role.step()  # the controller's first decision already knows this replica's role
     if release is None:
         control = asyncio.create_task(controller.run(backend), name="controller")

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from ..conftest import Endpoint, base_config, launch, pid_alive, until
+from ..test_reload import _hup, _rewrite
 from .conftest import queue_config
 
 pytestmark = pytest.mark.slow
@@ -184,3 +186,19 @@ async def test_status_stream_and_cancel_work_from_either_replica(two_replicas, t
 async def _in_progress(r: Replicas, i: int, job_id: str) -> bool:
     return (await r.status(i, job_id))["status"] == "IN_PROGRESS"
 
+
+
+async def test_a_reload_of_the_leading_replica_keeps_its_new_scaling_settings(two_replicas):
+    # The advisory-lock role hands the controller its settings every second: they must be the reloaded ones.
+    r = await two_replicas(timeouts={"idle": "1s"})
+    [leader] = [ep for ep in r.eps if await _leading(ep)]
+    _rewrite(leader, workers={**leader.config["workers"], "active": 2})
+    await _hup(leader, "reloaded ")
+    await leader.wait_workers(lambda ws: [w["state"] for w in ws] == ["ready", "ready"], "two ready workers", 60)
+    # With the startup settings handed back, the idle second worker would be drained within ~2 s (idle 1 s):
+    # both must stay through a window of several role steps. (Sleeps pace the polls of that window.)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = [w["state"] for w in await leader.workers()]
+        assert states == ["ready", "ready"], f"the reloaded workers.active was undone: {states}"
+        await asyncio.sleep(0.2)
